@@ -1,0 +1,1 @@
+"""Reusable Beam transforms, DoFns and ModelHandlers for dimflow (no job logic here)."""
