@@ -1,0 +1,123 @@
+"""The ``dimflow`` command line: ``run`` a job, ``validate`` a manifest.
+
+Exit codes: 0 the run finished (rows may still have failed: see the summary and provenance),
+1 the run itself failed, 2 bad spec, manifest path or arguments (nothing was processed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+TINY_WARNING = (
+    "painter.checkpoint=tiny: the painter is DIM's architecture at toy size with RANDOM weights. "
+    "Its images are noise-like and show only that the pipeline works, not what DIM-4.6B paints."
+)
+
+
+def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in argv:
+        index = argv.index("--")
+        return argv[:index], argv[index + 1 :]
+    return argv, []
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dimflow", description="Bulk image editing with DIM-4.6B on Beam.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="run a job spec (arguments after -- go to Beam)")
+    run.add_argument("spec", help="job spec YAML, e.g. jobs/demo.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec field, e.g. --set painter.steps=10 (repeatable)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    validate = verbs.add_parser("validate", help="check a manifest without running any model")
+    validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
+    validate.add_argument("--max-instruction-chars", type=int, default=4000)
+    validate.add_argument("--show", type=int, default=50, help="list at most this many problems")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -> int:
+    from pipeline.run import run_job
+    from pipeline.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec, args.overrides)
+    except SpecError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        return EXIT_BAD_INPUT
+    if spec.painter.checkpoint == "tiny":
+        console.print(f"[yellow]warning:[/yellow] {TINY_WARNING}", highlight=False)
+    console.print(f"dimflow: job [bold]{spec.name}[/bold], manifest {spec.manifest}", highlight=False)
+    try:
+        result = run_job(spec, beam_args, console=console, show_progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # the run itself broke (not a row): say so and exit non-zero
+        console.print(f"[red]run failed:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        return EXIT_RUN_FAILED
+
+    from pipeline.progress import summary_table
+
+    console.print(summary_table(f"run {result.run_id}", result.counts, result.elapsed_s))
+    console.print(f"images:     {result.images_dir}", highlight=False)
+    console.print(f"provenance: {result.provenance_dir}", highlight=False)
+    console.print(f"run record: {result.run_record}", highlight=False)
+    if result.counts.get("failed"):
+        console.print(
+            f"{result.counts['failed']} row(s) failed; their stage and error are in the provenance "
+            "(status='failed').",
+            highlight=False,
+        )
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from transforms.manifest import validate_manifest
+
+    try:
+        report = validate_manifest(args.manifest, max_instruction_chars=args.max_instruction_chars)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    console.print(
+        f"{args.manifest}: {report.rows} rows, {report.valid} valid, {report.failed} with problems",
+        highlight=False,
+    )
+    if report.problems:
+        table = Table(title="problems", title_justify="left")
+        for column in ("row", "id", "field", "message"):
+            table.add_column(column, overflow="fold")
+        for problem in report.problems[: args.show]:
+            table.add_row(str(problem.ref), problem.id or "", problem.field or "", problem.message)
+        console.print(table)
+        if len(report.problems) > args.show:
+            console.print(f"... and {len(report.problems) - args.show} more", highlight=False)
+    return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, beam_args = _split_beam_args(argv)
+    args = _parser().parse_args(own)
+    console = Console(stderr=True)
+    if args.verb == "run":
+        return _cmd_run(args, beam_args, console)
+    if beam_args:
+        console.print("error: arguments after -- are only for 'run'", highlight=False)
+        return EXIT_BAD_INPUT
+    return _cmd_validate(args, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Run a job end to end: options, run id, the Beam pipeline, exact counts, and the run record."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from rich.console import Console
+
+from pipeline import edit
+from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
+from pipeline.schema import PROVENANCE_SCHEMA
+from pipeline.spec import JobSpec
+from transforms.designer.registry import make_provider
+from transforms.painter.handler import checkpoint_fingerprint
+from transforms.provenance import versions_json
+
+LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    counts: dict[str, int]
+    elapsed_s: float
+    provenance_dir: str
+    run_record: str
+    images_dir: str
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus 6 random hex digits."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def pipeline_options(spec: JobSpec, beam_args: list[str]) -> PipelineOptions:
+    """The spec's runner section as Beam flags; extra ``-- beam args`` from the command line win."""
+    args = [f"--runner={spec.runner.name}"]
+    for key, value in spec.runner.options.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else f"--no_{key}")
+        else:
+            args.append(f"--{key}={value}")
+    return PipelineOptions(args + list(beam_args))
+
+
+def job_keys(spec: JobSpec) -> edit.JobKeys:
+    """Resolve what names outputs before the run starts (the checkpoint hash needs no model load)."""
+    designer = make_provider(spec.designer.model_dump())
+    return edit.JobKeys(
+        designer_config=designer.config(),
+        painter_config=edit.painter_config(spec),
+        checkpoint_sha256=checkpoint_fingerprint(spec.painter.checkpoint, spec.painter.task),
+        default_seed=spec.painter.seed,
+    )
+
+
+def read_provenance(output: str, run_id: str | None = None) -> pa.Table:
+    """All provenance rows under ``output`` (or one run's), through Beam filesystems (local or gs://)."""
+    run_glob = f"run={run_id}" if run_id else "run=*"
+    pattern = FileSystems.join(output, "provenance", run_glob, "*.parquet")
+    tables = []
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as handle:
+            tables.append(pq.read_table(pa.BufferReader(handle.read()), schema=PROVENANCE_SCHEMA))
+    if not tables:
+        return PROVENANCE_SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
+    uri = FileSystems.join(spec.output, "runs", f"{run_id}.json")
+    with FileSystems.create(uri, mime_type="application/json") as handle:
+        handle.write(json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return uri
+
+
+def run_job(
+    spec: JobSpec,
+    beam_args: list[str] | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> RunResult:
+    """Run ``spec`` to completion and return exact per-status counts from the provenance it wrote."""
+    console = console or Console(stderr=True)
+    beam_args = list(beam_args or [])
+    run_id = new_run_id()
+    versions = versions_json()
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.monotonic()
+    keys = job_keys(spec)
+    options = pipeline_options(spec, beam_args)
+    local = spec.runner.name in LOCAL_RUNNERS and show_progress
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+    with ProgressListener() as listener:
+        progress = beam.ParDo(ReportProgress(listener.address)) if local else None
+        pipeline = beam.Pipeline(options=options)
+        edit.build(pipeline, spec, run_id=run_id, keys=keys, versions_json=versions, progress=progress)
+        if local:
+            with LiveProgress(listener, console):
+                pipeline.run().wait_until_finish()
+        else:
+            pipeline.run().wait_until_finish()
+
+    elapsed = time.monotonic() - t0
+    table = read_provenance(spec.output, run_id)
+    counts = dict(Counter(table.column("status").to_pylist()))
+    record = {
+        "run_id": run_id,
+        "name": spec.name,
+        "spec": spec.model_dump(),
+        "beam_args": beam_args,
+        "versions": json.loads(versions),
+        "checkpoint_sha256": keys.checkpoint_sha256,
+        "counts": {status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
+        "rows": table.num_rows,
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "elapsed_s": round(elapsed, 3),
+    }
+    record_uri = write_run_record(spec, run_id, record)
+    return RunResult(
+        run_id=run_id,
+        counts=record["counts"],
+        elapsed_s=elapsed,
+        provenance_dir=FileSystems.join(spec.output, "provenance", f"run={run_id}"),
+        run_record=record_uri,
+        images_dir=FileSystems.join(spec.output, "images"),
+    )

@@ -1,0 +1,91 @@
+"""Arrow schemas of dimflow's tables and the content keys that name outputs.
+
+Provenance column names are the analytics API (DESIGN.md): add columns, never rename them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+PROVENANCE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("id", pa.string()),
+        ("status", pa.string()),  # ok | failed | skipped
+        ("error_stage", pa.string()),
+        ("error", pa.string()),
+        ("mode", pa.string()),  # edit | t2i
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("source_width", pa.int32()),
+        ("source_height", pa.int32()),
+        ("instruction", pa.string()),
+        ("blueprint", pa.string()),
+        ("designer", pa.string()),
+        ("design_key", pa.string()),
+        ("designer_attempts", pa.int32()),
+        ("tokens_in", pa.int64()),
+        ("tokens_out", pa.int64()),
+        ("design_s", pa.float64()),
+        ("painter", pa.string()),
+        ("checkpoint_sha256", pa.string()),
+        ("seed", pa.int64()),
+        ("steps", pa.int32()),
+        ("guidance_scale", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("batch_size", pa.int32()),
+        ("paint_s", pa.float64()),
+        ("render_key", pa.string()),
+        ("output_uri", pa.string()),
+        ("output_sha256", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("worker", pa.string()),
+        ("metadata", pa.string()),  # JSON text
+        ("versions", pa.string()),  # JSON text
+    ]
+)
+
+STATUSES = ("ok", "failed", "skipped")
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def design_key(*, source_sha256: str | None, instruction: str, designer_config: dict[str, Any]) -> str:
+    """Identity of a designer call: the same source, instruction and designer config give one blueprint."""
+    return _digest({"source_sha256": source_sha256, "instruction": instruction, "designer": designer_config})
+
+
+def render_key(
+    *,
+    source_sha256: str | None,
+    instruction: str,
+    designer_config: dict[str, Any],
+    painter_config: dict[str, Any],
+    checkpoint_sha256: str,
+    seed: int,
+) -> str:
+    """Identity of a rendered image; outputs are named by it, so an unchanged row rewrites nothing.
+
+    ``painter_config`` carries steps, guidance and resolution (and anything else that changes pixels).
+    """
+    return _digest(
+        {
+            "source_sha256": source_sha256,
+            "instruction": instruction,
+            "designer": designer_config,
+            "painter": painter_config,
+            "checkpoint_sha256": checkpoint_sha256,
+            "seed": seed,
+        }
+    )

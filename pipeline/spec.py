@@ -1,0 +1,183 @@
+"""JobSpec: the whole configuration of a dimflow job, loaded from YAML with ``--set a.b=value`` overrides.
+
+Every knob lives here rather than in code constants, so a job is reproducible from its spec alone
+(the spec is written into ``runs/{run_id}.json``). Unknown keys are errors, not warnings: a typo in a
+field name must not silently fall back to a default on a million-row job.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DesignerSpec(_Strict):
+    """Which vision-language model turns instructions into blueprints, and how hard it may be pushed."""
+
+    kind: Literal["openai", "local", "none"] = "none"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    requests_per_minute: float = Field(60.0, gt=0)
+    tokens_per_minute: float = Field(150_000.0, gt=0)
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    seed: int | None = 0
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _model_required(self) -> DesignerSpec:
+        if self.kind != "none" and not self.model:
+            raise ValueError(f"designer.model is required when designer.kind={self.kind!r}")
+        return self
+
+
+class PainterSpec(_Strict):
+    """The painter model and its sampling parameters (DIM's defaults)."""
+
+    kind: Literal["dim"] = "dim"
+    checkpoint: str = "stdKonjac/DIM-4.6B-Edit"
+    task: Literal["edit", "t2i"] = "edit"
+    steps: int = Field(30, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0)
+    resolution: int = Field(1024, ge=32, le=4096)
+    seed: int = Field(233, ge=0, le=2**63 - 1)  # used for rows without their own seed
+    batch_size: int = Field(1, ge=1, le=256)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    noise_device: Literal["cpu", "accelerator"] = "cpu"
+    output_format: Literal["png", "jpg", "webp"] = "png"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+        return value
+
+
+class RunnerSpec(_Strict):
+    """The Beam runner and its pipeline options (``--key=value`` style, without dashes here)."""
+
+    name: Literal["FnApiRunner", "DirectRunner", "DataflowRunner", "FlinkRunner", "PortableRunner"] = (
+        "FnApiRunner"
+    )
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LimitsSpec(_Strict):
+    """Bounds on hostile or accidental input: every fetch and row is checked against these."""
+
+    max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(64 * 1024 * 1024, ge=1)
+    max_instruction_chars: int = Field(4000, ge=1)
+
+
+class JobSpec(_Strict):
+    """A dimflow job."""
+
+    name: str = Field(..., pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    manifest: str
+    output: str
+    stage: Literal["all", "design", "paint"] = "all"
+    incremental: bool = False
+    designer: DesignerSpec = Field(default_factory=DesignerSpec)
+    painter: PainterSpec = Field(default_factory=PainterSpec)
+    runner: RunnerSpec = Field(default_factory=RunnerSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    def resolve_paths(self, base_dir: str | Path) -> JobSpec:
+        """Make relative local manifest/output/checkpoint paths absolute against the spec's folder."""
+
+        def absolute(path: str) -> str:
+            if "://" in path or posixpath.isabs(path):
+                return path
+            return str((Path(base_dir) / path).resolve())
+
+        data = self.model_dump()
+        data["manifest"] = absolute(self.manifest)
+        data["output"] = absolute(self.output)
+        checkpoint = self.painter.checkpoint
+        if checkpoint.startswith((".", "/")) or Path(base_dir, checkpoint).is_dir():
+            data["painter"]["checkpoint"] = absolute(checkpoint)
+        return JobSpec.model_validate(data)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid job spec {source}:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in item and item["type"] != "missing":
+            message = f"{message} (got {item['input']!r})"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value); the value is parsed as YAML so numbers and bools work."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected KEY=VALUE, e.g. painter.steps=10")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part) for part in parts):
+        raise SpecError(f"--set {text!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides; intermediate keys are created so validation can name unknown ones."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {text!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Load a JobSpec from YAML, apply overrides, validate, and resolve relative paths."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(f"job spec not found: {path}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"job spec {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec {path} must be a mapping at the top level, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc, str(path))) from None
+    return spec.resolve_paths(path.parent)

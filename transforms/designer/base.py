@@ -1,0 +1,59 @@
+"""The designer seam: (instruction, source image) -> edit blueprint.
+
+Providers (``none``, ``openai``, ``local``) implement ``DesignerProvider``. The Beam stage hands them
+batches, so a local model can batch on its device and a remote client can fan requests out under its
+rate limits; either way each request gets exactly one ``Design`` or ``DesignFailure`` back, in order.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DesignRequest:
+    key: str  # row id, for error messages
+    instruction: str
+    image: bytes | None  # original encoded source bytes; None for text-to-image rows
+
+
+@dataclass(frozen=True)
+class Design:
+    blueprint: str
+    attempts: int = 1
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DesignFailure:
+    error: str
+    attempts: int = 1
+
+
+class DesignerProvider(abc.ABC):
+    """One designer backend. Built once per worker (``setup``), then called with batches."""
+
+    #: Short name written to provenance ``designer`` (e.g. ``none``, ``openai:gpt-4o``).
+    name: str
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the blueprint (model, prompt version, temperature, seed, ...).
+
+        It enters ``design_key`` and ``render_key``; secrets and rate limits never do.
+        """
+
+    def setup(self) -> None:
+        """Acquire clients/models; called once per worker before the first batch."""
+
+    def teardown(self) -> None:
+        """Release what ``setup`` acquired."""
+
+    @abc.abstractmethod
+    def design(self, requests: Sequence[DesignRequest]) -> list[Design | DesignFailure]:
+        """Return one result per request, in order; per-row problems are ``DesignFailure``, not raises."""

@@ -1,0 +1,111 @@
+"""Provenance: one row per manifest row per run, whatever happened to it, written as Parquet.
+
+Successes and dead letters (``Failure``) meet here and leave as rows of ``PROVENANCE_SCHEMA``;
+failed rows carry ``status="failed"``, the stage and the error, never a placeholder image.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.schema import PROVENANCE_SCHEMA
+from transforms.records import EditRecord, Failure
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every provenance row of a run shares."""
+
+    run_id: str
+    versions_json: str  # package versions, as JSON text
+
+
+def _timestamp(epoch: float | None) -> dt.datetime | None:
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
+
+
+def worker_name() -> str:
+    return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
+    """Flatten a finished record or a failure into a provenance row (a dict keyed by column name)."""
+    failure = item if isinstance(item, Failure) else None
+    record = item.record if isinstance(item, Failure) else item
+    row: dict[str, Any] = {name: None for name in PROVENANCE_SCHEMA.names}
+    row.update(run_id=context.run_id, worker=worker_name(), versions=context.versions_json)
+    row["finished_at"] = _timestamp(now)
+    if failure is not None:
+        row.update(status="failed", error_stage=failure.stage, error=failure.error, id=failure.id)
+        if record is None:  # failed before it became a valid row: the error names file and row
+            return row
+    else:
+        row["status"] = "ok"
+    manifest = record.row
+    row.update(
+        id=manifest.id,
+        mode="edit" if manifest.source else "t2i",
+        source_uri=manifest.source,
+        instruction=manifest.instruction,
+        metadata=manifest.metadata,
+        source_sha256=record.source_sha256,
+        source_width=record.source_width,
+        source_height=record.source_height,
+        blueprint=record.blueprint,
+        designer=record.designer,
+        design_key=record.design_key,
+        designer_attempts=record.designer_attempts,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        design_s=record.design_s,
+        seed=record.seed if record.seed is not None else manifest.seed,
+        render_key=record.render_key,
+        paint_s=record.paint_s,
+        output_uri=record.output_uri,
+        output_sha256=record.output_sha256,
+        started_at=_timestamp(record.started_at),
+    )
+    for name, value in record.paint.items():
+        if name in PROVENANCE_SCHEMA.names:
+            row[name] = value
+    return row
+
+
+class WriteProvenance(beam.PTransform):
+    """Rows -> ``{output}/provenance/run={run_id}/part-*.parquet`` with Beam's own Parquet sink."""
+
+    def __init__(self, output: str, run_id: str, shard_name: str = "part"):
+        super().__init__()
+        self._prefix = FileSystems.join(output, "provenance", f"run={run_id}", shard_name)
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._prefix,
+            PROVENANCE_SCHEMA,
+            file_name_suffix=".parquet",
+            shard_name_template="-SSSSS-of-NNNNN",
+        )
+
+
+def versions_json() -> str:
+    """Versions of the packages that decide the output, recorded in every row and the run record."""
+    from importlib import metadata
+
+    names = ["dimflow", "apache-beam", "torch", "transformers", "diffusers", "pillow", "pyarrow", "numpy"]
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return json.dumps(versions, sort_keys=True)
