@@ -1,0 +1,55 @@
+"""Render and design keys: stable for equal inputs, different when anything that changes pixels does."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.schema import PROVENANCE_SCHEMA, design_key, render_key
+
+BASE = dict(
+    source_sha256="a" * 64,
+    instruction="make the background white",
+    designer_config={"kind": "none"},
+    painter_config={"steps": 30, "guidance_scale": 7.5, "resolution": 1024},
+    checkpoint_sha256="c" * 64,
+    seed=233,
+)
+
+
+def test_render_key_is_stable_and_hex():
+    assert render_key(**BASE) == render_key(**dict(BASE))
+    assert len(render_key(**BASE)) == 64 and int(render_key(**BASE), 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source_sha256": "b" * 64},
+        {"source_sha256": None},
+        {"instruction": "make the background black"},
+        {"designer_config": {"kind": "openai", "model": "gpt-4o"}},
+        {"painter_config": {"steps": 20, "guidance_scale": 7.5, "resolution": 1024}},
+        {"painter_config": {"steps": 30, "guidance_scale": 4.0, "resolution": 1024}},
+        {"painter_config": {"steps": 30, "guidance_scale": 7.5, "resolution": 512}},
+        {"checkpoint_sha256": "d" * 64},
+        {"seed": 234},
+    ],
+)
+def test_render_key_changes_with_every_input(change):
+    assert render_key(**{**BASE, **change}) != render_key(**BASE)
+
+
+def test_design_key_ignores_painter_inputs():
+    kwargs = {k: BASE[k] for k in ("source_sha256", "instruction", "designer_config")}
+    assert design_key(**kwargs) == design_key(**kwargs)
+    assert design_key(**{**kwargs, "instruction": "other"}) != design_key(**kwargs)
+
+
+def test_provenance_columns_match_design_contract():
+    expected = (
+        "run_id id status error_stage error mode source_uri source_sha256 source_width source_height "
+        "instruction blueprint designer design_key designer_attempts tokens_in tokens_out design_s painter "
+        "checkpoint_sha256 seed steps guidance_scale width height dtype device batch_size paint_s render_key "
+        "output_uri output_sha256 started_at finished_at worker metadata versions"
+    ).split()
+    assert PROVENANCE_SCHEMA.names == expected

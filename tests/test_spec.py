@@ -1,0 +1,78 @@
+"""JobSpec loading: YAML, --set overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.spec import SpecError, load_spec
+
+BASE = """
+name: t
+manifest: rows.jsonl
+output: out
+painter: {checkpoint: tiny, steps: 4}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    spec = load_spec(write(tmp_path, BASE))
+    assert spec.manifest == str(tmp_path / "rows.jsonl")
+    assert spec.output == str(tmp_path / "out")
+    assert spec.painter.checkpoint == "tiny"  # a preset name is not a path
+    assert spec.painter.guidance_scale == 7.5 and spec.painter.resolution == 1024
+    assert spec.designer.kind == "none" and spec.runner.name == "FnApiRunner"
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    spec = load_spec(
+        write(tmp_path, BASE),
+        ["painter.steps=12", "painter.guidance_scale=4.5", "incremental=true", "output=gs://b/out"],
+    )
+    assert spec.painter.steps == 12 and spec.painter.guidance_scale == 4.5
+    assert spec.incremental is True and spec.output == "gs://b/out"
+
+
+@pytest.mark.parametrize(
+    "text, overrides, expected",
+    [
+        (BASE + "painter_typo: 1\n", [], "painter_typo: unknown key"),
+        (BASE, ["painter.stpes=3"], "painter.stpes: unknown key"),
+        (BASE, ["painter.steps=0"], "painter.steps: Input should be greater than or equal to 1"),
+        (BASE, ["painter.task=inpaint"], "painter.task"),
+        (BASE, ["designer.kind=openai"], "designer.model is required"),
+        (BASE, ["painter.device=tpu"], "painter.device"),
+        ("name: t\noutput: out\n", [], "manifest: Field required"),
+        (BASE.replace("name: t", "name: Bad Name"), [], "name: String should match pattern"),
+    ],
+)
+def test_errors_name_the_field(tmp_path, text, overrides, expected):
+    with pytest.raises(SpecError) as info:
+        load_spec(write(tmp_path, text), overrides)
+    assert expected in str(info.value)
+
+
+def test_bad_override_syntax(tmp_path):
+    with pytest.raises(SpecError, match="expected KEY=VALUE"):
+        load_spec(write(tmp_path, BASE), ["painter.steps"])
+    with pytest.raises(SpecError, match="is not a section"):
+        load_spec(write(tmp_path, BASE), ["name.x=1"])
+
+
+def test_missing_and_non_mapping_spec(tmp_path):
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(write(tmp_path, "- a\n- b\n"))
+
+
+def test_demo_spec_is_valid():
+    spec = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml")
+    assert spec.painter.checkpoint == "tiny" and spec.manifest.endswith("jobs/demo/manifest.jsonl")

@@ -1,0 +1,719 @@
+"""Read manifests (JSONL, CSV, Parquet; any Beam FileSystems path or glob) and validate their rows.
+
+One implementation serves both the Beam pipeline (``ReadManifest`` -> ``ValidateRows``) and the plain
+``dimflow validate`` check (``validate_manifest``): files are parsed by ``parse_file`` and rows checked by
+``check_row``, so the two can never disagree about what a valid row is.
+
+The contract (see DESIGN.md, "Manifest"):
+
+- ``id``: required, unique across all matched files, ``[A-Za-z0-9._-]{1,128}`` and not ``.``/``..``
+  (ids become output path segments). Integer ids (Parquet int columns) are accepted as their decimal text.
+- ``instruction``: required string, non-empty after stripping, at most ``max_instruction_chars``;
+  stored stripped.
+- ``source``: optional; absent/null/empty means text-to-image. URIs (``gs://...``) are kept as given,
+  ``file://`` is reduced to a local path, relative paths resolve against the manifest file's directory
+  (for ``gs://`` manifests too) and may not climb above the bucket root.
+- ``seed``: optional non-negative integer <= 2**63-1. Integral floats (``7.0``, as CSV/Parquet/pandas
+  write them) and integral numeric strings (CSV) are accepted; bools, fractions and NaN-as-value are not
+  (a null/NaN/empty cell is "absent": pandas writes missing ints as NaN).
+- ``metadata``: optional JSON object, or a string holding one (CSV); stored as compact JSON text.
+- Aliases so public files work unchanged: ``key``->id, ``prompt``->instruction, ``image_path``->source.
+  Giving both names with different values is an error naming both.
+- Any other column is ignored (public manifests carry many); each file logs them once at WARNING and
+  ``ValidationReport.ignored_columns`` lists them.
+
+Row numbers (``RowRef.index``, 1-based): JSONL rows are numbered by line (blank lines are skipped but
+keep the numbering, so "row N" is line N); CSV by data record after the header; Parquet and JSON arrays
+by position.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import IO, Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.records import STAGE_READ, STAGE_VALIDATE, Failure, ManifestRow, RowRef
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_INSTRUCTION_CHARS = 4000
+MAX_SEED = 2**63 - 1
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+ID_RULE = "1-128 characters from [A-Za-z0-9._-], and not '.' or '..'"
+
+# canonical name -> accepted alias
+ALIASES: dict[str, str] = {"id": "key", "instruction": "prompt", "source": "image_path"}
+KNOWN_COLUMNS = frozenset({"id", "instruction", "source", "seed", "metadata", *ALIASES.values()})
+
+# extension -> parser; compressed text files (.jsonl.gz, .csv.zst, ...) are read through Beam's codecs.
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+
+VALID = "valid"
+FAILED = "failed"
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One manifest row as read: its parsed mapping, or why it could not be parsed.
+
+    ``ref.index`` 0 stands for a whole file that could not be parsed (one that appeared after the
+    pipeline was built with an unsupported extension).
+    """
+
+    ref: RowRef
+    data: dict[str, Any] | None
+    error: str | None
+    raw: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one row (a row can have several)."""
+
+    ref: RowRef
+    id: str | None
+    field: str | None  # None: the row as a whole (unparseable line, unreadable file)
+    message: str
+
+    def __str__(self) -> str:
+        if self.field is None:
+            return f"{self.ref}: {self.message}"
+        return f"{self.ref}, field '{self.field}': {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    """What ``dimflow validate`` prints: counts and every problem, in file/row order."""
+
+    files: list[str]
+    rows: int = 0
+    valid: int = 0
+    failed: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)  # file -> unknown columns
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+
+
+def manifest_format(path: str) -> str:
+    """The parser for ``path`` ('jsonl', 'json', 'csv' or 'parquet'), by extension; ValueError if none."""
+    name = path.lower()
+    compressed = CompressionTypes.detect_compression_type(name) != CompressionTypes.UNCOMPRESSED
+    if compressed:
+        name = name.rsplit(".", 1)[0]
+    for extension, kind in FORMATS.items():
+        if name.endswith(extension) and not (compressed and kind == "parquet"):
+            return kind
+    raise ValueError(
+        f"unsupported manifest format: {path} (expected {', '.join(FORMATS)}; "
+        "text formats may be compressed, e.g. .jsonl.gz)"
+    )
+
+
+def _absolute_pattern(pattern: str) -> str:
+    if _URI.match(pattern):
+        return pattern
+    return os.path.abspath(os.path.expanduser(pattern))
+
+
+def match_manifest(pattern: str) -> list[str]:
+    """The files ``pattern`` names, sorted; loud errors for no match or an unsupported format."""
+    pattern = _absolute_pattern(pattern)
+    try:
+        (result,) = FileSystems.match([pattern])
+    except Exception as exc:  # BeamIOError wraps the filesystem's own error
+        raise FileNotFoundError(f"manifest {pattern!r}: cannot list matching files: {exc}") from exc
+    paths = sorted(m.path for m in result.metadata_list if not m.path.endswith(("/", "\\")))
+    if not paths:
+        raise FileNotFoundError(f"manifest {pattern!r} matches no files")
+    unsupported = []
+    for path in paths:
+        try:
+            manifest_format(path)
+        except ValueError:
+            unsupported.append(path)
+    if unsupported:
+        raise ValueError(
+            f"manifest {pattern!r} matches files of no supported format "
+            f"({', '.join(FORMATS)}): {', '.join(unsupported[:5])}" + (" ..." if len(unsupported) > 5 else "")
+        )
+    return paths
+
+
+def _lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """Lines (with their terminators) from any Beam file handle, reading in 1 MiB chunks."""
+    pending = b""
+    while True:
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+        parts = pending.split(b"\n")
+        pending = parts.pop()
+        for part in parts:
+            yield part + b"\n"
+    if pending:
+        yield pending
+
+
+def _decode(line: bytes, first: bool) -> str:
+    return line.decode("utf-8-sig" if first else "utf-8")
+
+
+def _object_row(ref: RowRef, value: Any, raw: str) -> RawRow:
+    if not isinstance(value, dict):
+        return RawRow(ref, None, f"not a JSON object (got {_type_name(value)})", raw)
+    return RawRow(ref, value, None, raw)
+
+
+def _parse_jsonl(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
+    for number, line in enumerate(_lines(handle), start=1):
+        ref = RowRef(path, number)
+        try:
+            text = _decode(line, number == 1).rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            yield RawRow(ref, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", repr(line)[:1000])
+            continue
+        if not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RawRow(ref, None, f"not valid JSON ({exc.msg} at column {exc.colno})", text)
+            continue
+        yield _object_row(ref, value, text)
+
+
+def _parse_json(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
+    """A ``.json`` file: a JSON array of objects, or (most often) JSON lines."""
+    data = b"".join(iter(lambda: handle.read(_CHUNK), b""))  # compressed handles read a buffer at a time
+    head = data.lstrip()[:1]
+    if head != b"[":
+        yield from _parse_jsonl(path, io.BytesIO(data))
+        return
+    try:
+        values = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        yield RawRow(RowRef(path, 1), None, f"not a valid JSON array ({exc})", "")
+        return
+    for number, value in enumerate(values, start=1):
+        yield _object_row(RowRef(path, number), value, json.dumps(value, default=str))
+
+
+def _parse_csv(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
+    bad_lines: set[int] = set()
+
+    def text_lines() -> Iterator[str]:
+        for number, line in enumerate(_lines(handle), start=1):
+            try:
+                yield _decode(line, number == 1)
+            except UnicodeDecodeError:
+                bad_lines.add(number)
+                yield line.decode("utf-8", errors="replace")
+
+    reader = csv.DictReader(text_lines())
+    number = 0
+    last_line = 1  # the header
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number += 1
+            yield RawRow(RowRef(path, number), None, f"not valid CSV ({exc})", "")
+            last_line = reader.line_num
+            continue
+        number += 1
+        ref = RowRef(path, number)
+        raw = json.dumps(record, ensure_ascii=False)
+        lines = range(last_line + 1, reader.line_num + 1)
+        last_line = reader.line_num
+        if any(n in bad_lines for n in lines):
+            yield RawRow(ref, None, "not valid UTF-8", raw)
+        elif None in record:
+            extra = len(record[None])
+            yield RawRow(ref, None, f"has {extra} more field(s) than the header", raw)
+        else:
+            yield RawRow(ref, dict(record), None, raw)
+
+
+def _parse_parquet(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    number = 0
+    try:
+        parquet = pq.ParquetFile(handle)
+        for batch in parquet.iter_batches(batch_size=1024):
+            for record in batch.to_pylist():
+                number += 1
+                yield RawRow(RowRef(path, number), record, None, json.dumps(record, default=str))
+    except (pa.ArrowException, ValueError) as exc:  # ArrowInvalid is also a ValueError
+        yield RawRow(
+            RowRef(path, number + 1), None, f"cannot read Parquet ({exc}); rows after this are lost", ""
+        )
+
+
+_PARSERS = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv, "parquet": _parse_parquet}
+
+
+def parse_file(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
+    """Every row of one manifest file, in order; bad rows come back with ``error`` set, never raised.
+
+    ``handle`` is a binary file object from Beam (``FileSystems.open`` or ``ReadableFile.open``), already
+    decompressed. I/O errors propagate (the runner retries the file); content errors become rows.
+    """
+    yield from _PARSERS[manifest_format(path)](path, handle)
+
+
+def read_rows(pattern: str) -> Iterator[RawRow]:
+    """All rows of all files ``pattern`` matches, without Beam (files in sorted order)."""
+    for path in match_manifest(pattern):
+        with FileSystems.open(path, mime_type="application/octet-stream") as handle:
+            yield from parse_file(path, handle)
+
+
+def unknown_columns(data: dict[str, Any]) -> set[str]:
+    return {str(name) for name in data if name not in KNOWN_COLUMNS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rows
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _absent(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str) and not value.strip():
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _take(data: dict[str, Any], name: str, problems: list[str]) -> Any:
+    """The value of ``name`` or its alias; a conflict between the two is a problem."""
+    alias = ALIASES.get(name)
+    value = data.get(name)
+    if alias is None:
+        return None if _absent(value) else value
+    other = data.get(alias)
+    if _absent(value):
+        return None if _absent(other) else other
+    if not _absent(other) and other != value:
+        problems.append(f"conflicts with its alias '{alias}' ({_show(value)} vs {_show(other)}); give one")
+    return value
+
+
+def _check_id(value: Any) -> tuple[str | None, str | None]:
+    """(id, problem). Returns the text even when invalid, so failures can still name the row."""
+    if value is None:
+        return None, "required (or its alias 'key')"
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None, f"must be a string, got {_type_name(value)}"
+    text = str(value)
+    if not ID_PATTERN.fullmatch(text) or text in (".", ".."):
+        return text, f"must be {ID_RULE} (ids name output folders), got {_show(text)}"
+    return text, None
+
+
+def _check_instruction(value: Any, max_chars: int) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, "required (or its alias 'prompt')"
+    if not isinstance(value, str):
+        return None, f"must be a string, got {_type_name(value)}"
+    text = value.strip()
+    if not text:
+        return None, "empty"
+    if len(text) > max_chars:
+        return None, f"{len(text)} characters, over limits.max_instruction_chars={max_chars}"
+    return text, None
+
+
+def _check_seed(value: Any) -> tuple[int | None, str | None]:
+    rule = f"must be an integer from 0 to {MAX_SEED}"
+    if value is None:
+        return None, None
+    if isinstance(value, bool):
+        return None, f"{rule}, got boolean {value}"
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None, f"{rule}, got {value!r}"
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            decimal = Decimal(value.strip())
+        except InvalidOperation:
+            return None, f"{rule}, got {_show(value)}"
+        if not decimal.is_finite() or decimal != decimal.to_integral_value():
+            return None, f"{rule}, got {_show(value)}"
+        number = int(decimal)
+    else:
+        return None, f"{rule}, got {_type_name(value)}"
+    if not 0 <= number <= MAX_SEED:
+        return None, f"{rule}, got {number}"
+    return number, None
+
+
+def _check_metadata(value: Any) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return None, f"must be a JSON object, got text that is not JSON ({exc.msg} at column {exc.colno})"
+        if value is None:
+            return None, None
+    if not isinstance(value, dict):
+        return None, f"must be a JSON object, got {_type_name(value)}"
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str), None
+
+
+_SCHEME_OK: dict[str, str | None] = {}
+
+
+def _scheme_problem(uri: str) -> str | None:
+    """Why Beam cannot open ``uri`` (no filesystem registered for its scheme), or None."""
+    match = _URI.match(uri)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in _SCHEME_OK:
+        try:
+            FileSystems.get_filesystem(uri)
+            _SCHEME_OK[scheme] = None
+        except Exception as exc:  # ValueError: unknown scheme; BeamIOError: its extra is not installed
+            _SCHEME_OK[scheme] = f"no Beam filesystem can read {scheme}:// URIs here ({exc})"
+    return _SCHEME_OK[scheme]
+
+
+def resolve_source(source: str, manifest_dir: str) -> str:
+    """Make ``source`` absolute: URIs as given, relative paths against the manifest's directory.
+
+    ValueError when a relative path climbs above the root of a URI manifest directory (a bucket).
+    """
+    source = source.strip()
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if _URI.match(source) or os.path.isabs(source):
+        return source
+    match = _URI.match(manifest_dir)
+    if not match:
+        return os.path.normpath(os.path.join(manifest_dir, source))
+    prefix = match.group(0)
+    root, _, base = manifest_dir[len(prefix) :].partition("/")
+    joined = posixpath.normpath(posixpath.join(base, source))
+    if joined == ".." or joined.startswith("../"):
+        raise ValueError(f"{source!r} climbs above {prefix}{root}/ (relative to {manifest_dir})")
+    return f"{prefix}{root}/{joined}"
+
+
+def _check_source(value: Any, manifest_dir: str) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, f"must be a string (a path or URI), got {_type_name(value)}"
+    if not value.strip():
+        return None, None
+    try:
+        resolved = resolve_source(value, manifest_dir)
+    except ValueError as exc:
+        return None, str(exc)
+    problem = _scheme_problem(resolved)
+    return (None, problem) if problem else (resolved, None)
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """The outcome of checking one raw row: the valid row, or its problems (and a best-effort id)."""
+
+    raw: RawRow
+    row: ManifestRow | None
+    problems: tuple[Problem, ...]
+    id: str | None  # the row's id text when it had one that is a valid id, for duplicate detection
+    stage: str
+
+    def failure(self, extra: Iterable[Problem] = ()) -> Failure:
+        problems = [*self.problems, *extra]
+        return Failure(
+            record=None,
+            stage=self.stage,
+            error=format_problems(problems),
+            row_id=self.id if self.id is not None else problems[0].id,
+            ref=self.raw.ref,
+            raw=self.raw.raw,
+        )
+
+
+def format_problems(problems: list[Problem]) -> str:
+    """One line naming the row once, then each field: ``FILE row N, field 'a': ...; field 'b': ...``."""
+    first, rest = problems[0], problems[1:]
+    parts = [str(first)]
+    parts += [f"field '{p.field}': {p.message}" if p.field else p.message for p in rest]
+    return "; ".join(parts)
+
+
+def check_row(
+    raw: RawRow, *, manifest_dir: str | None = None, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+) -> RowCheck:
+    """Check one row against the manifest contract, collecting every problem (not just the first)."""
+    ref = raw.ref
+    if raw.data is None:
+        message = raw.error or "unreadable row"
+        return RowCheck(raw, None, (Problem(ref, None, None, message),), None, STAGE_READ)
+    if manifest_dir is None:
+        manifest_dir = posixpath.dirname(ref.file) if _URI.match(ref.file) else os.path.dirname(ref.file)
+    data = raw.data
+    found: list[tuple[str, str]] = []
+
+    def take(name: str) -> Any:
+        conflicts: list[str] = []
+        value = _take(data, name, conflicts)
+        found.extend((name, c) for c in conflicts)
+        return value
+
+    row_id, id_problem = _check_id(take("id"))
+    instruction, instruction_problem = _check_instruction(take("instruction"), max_instruction_chars)
+    blank = any(isinstance(data.get(n), str) for n in ("instruction", "prompt"))
+    if instruction_problem and instruction_problem.startswith("required") and blank:
+        instruction_problem = "empty (blank after stripping whitespace)"
+    source, source_problem = _check_source(take("source"), manifest_dir)
+    seed, seed_problem = _check_seed(take("seed"))
+    metadata, metadata_problem = _check_metadata(take("metadata"))
+    for name, problem in (
+        ("id", id_problem),
+        ("instruction", instruction_problem),
+        ("source", source_problem),
+        ("seed", seed_problem),
+        ("metadata", metadata_problem),
+    ):
+        if problem:
+            found.append((name, problem))
+    valid_id = row_id if id_problem is None and not any(n == "id" for n, _ in found) else None
+    if found:
+        order = {"id": 0, "instruction": 1, "source": 2, "seed": 3, "metadata": 4}
+        found.sort(key=lambda item: order[item[0]])
+        problems = tuple(Problem(ref, row_id, name, message) for name, message in found)
+        return RowCheck(raw, None, problems, valid_id, STAGE_VALIDATE)
+    assert row_id is not None and instruction is not None
+    row = ManifestRow(
+        id=row_id, instruction=instruction, source=source, seed=seed, metadata=metadata, ref=ref
+    )
+    return RowCheck(raw, row, (), row_id, STAGE_VALIDATE)
+
+
+def validate_row(
+    raw: RawRow, *, manifest_dir: str | None = None, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+) -> ManifestRow | Failure:
+    """One row -> a ``ManifestRow``, or a ``Failure`` whose error names the row and every bad field.
+
+    ``manifest_dir`` (for relative sources) defaults to the directory of ``raw.ref.file``. Duplicate ids
+    are not visible from one row: ``ValidateRows`` / ``validate_manifest`` check those.
+    """
+    checked = check_row(raw, manifest_dir=manifest_dir, max_instruction_chars=max_instruction_chars)
+    return checked.row if checked.row is not None else checked.failure()
+
+
+def duplicate_problem(row_id: str, ref: RowRef, first: RowRef) -> Problem:
+    return Problem(ref, row_id, "id", f"duplicate id '{row_id}' (first at {first})")
+
+
+def _order(checked: RowCheck) -> tuple[str, int]:
+    return (checked.raw.ref.file, checked.raw.ref.index)
+
+
+def first_wins(row_id: str, checks: Iterable[RowCheck]) -> Iterator[ManifestRow | Failure]:
+    """Resolve the rows sharing ``row_id``: the first by (file, index) keeps its outcome, the rest fail."""
+    ordered = sorted(checks, key=_order)
+    first = ordered[0]
+    yield first.row if first.row is not None else first.failure()
+    for later in ordered[1:]:
+        yield later.failure([duplicate_problem(row_id, later.raw.ref, first.raw.ref)])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Beam
+
+
+class _ParseFile(beam.DoFn):
+    def process(self, readable: fileio.ReadableFile) -> Iterator[RawRow]:
+        path = readable.metadata.path
+        unknown: set[str] = set()
+        try:
+            manifest_format(path)
+        except ValueError as exc:  # a file that appeared after pipeline construction
+            yield RawRow(RowRef(path, 0), None, str(exc), "")
+            return
+        with readable.open(mime_type="application/octet-stream") as handle:
+            for row in parse_file(path, handle):
+                if row.data is not None:
+                    unknown |= unknown_columns(row.data)
+                yield row
+        if unknown:
+            _LOGGER.warning("manifest %s: ignoring unknown columns %s", path, sorted(unknown))
+
+
+class ReadManifest(beam.PTransform):
+    """All rows of the manifest files ``pattern`` matches, as ``RawRow`` (parse errors included).
+
+    Uses Beam's own ``MatchFiles``/``ReadMatches``, so any registered filesystem works (local, gs://).
+    The match is also checked when the pipeline is built (``check_exists``), so a wrong path fails
+    before anything runs; at run time an empty match fails too. Rows are reshuffled after reading so
+    the later stages spread over workers even when the manifest is one big file.
+    """
+
+    def __init__(self, pattern: str, *, check_exists: bool = True):
+        super().__init__()
+        self._pattern = _absolute_pattern(pattern)
+        self._check_exists = check_exists
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        if self._check_exists:
+            match_manifest(self._pattern)
+        return (
+            pbegin
+            | "Match"
+            >> fileio.MatchFiles(self._pattern, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+            | "Open" >> fileio.ReadMatches()
+            | "Parse" >> beam.ParDo(_ParseFile())
+            | "Spread" >> beam.Reshuffle()
+        )
+
+
+class _Check(beam.DoFn):
+    KEYED = "keyed"
+
+    def __init__(self, max_instruction_chars: int):
+        self._max = max_instruction_chars
+
+    def process(self, raw: RawRow) -> Iterator[Any]:
+        checked = check_row(raw, max_instruction_chars=self._max)
+        if checked.id is not None:
+            yield beam.pvalue.TaggedOutput(self.KEYED, (checked.id, checked))
+        else:
+            yield checked.failure()
+
+
+def _first_wins(item: tuple[str, Iterable[RowCheck]]) -> Iterator[ManifestRow | Failure]:
+    row_id, checks = item
+    yield from first_wins(row_id, checks)
+
+
+def _split(item: ManifestRow | Failure) -> Iterator[Any]:
+    if isinstance(item, Failure):
+        yield beam.pvalue.TaggedOutput(FAILED, item)
+    else:
+        yield item
+
+
+class ValidateRows(beam.PTransform):
+    """``RawRow`` -> ``valid`` (``ManifestRow``) and ``failed`` (``Failure``) outputs.
+
+    Duplicate ids are decided globally: every row whose id is well-formed is grouped by id, whatever
+    else is wrong with it; the first occurrence by (file path, row index) keeps its own outcome, and
+    each later one fails with "duplicate id 'X' (first at FILE row N)". So fixing an unrelated field of
+    the first row never changes which row owns the id. Unparseable rows fail at stage ``read``, contract
+    violations at ``validate``.
+    """
+
+    def __init__(self, max_instruction_chars: int = MAX_INSTRUCTION_CHARS):
+        super().__init__()
+        self._max = max_instruction_chars
+
+    def expand(self, raw_rows: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        checked = raw_rows | "Check" >> beam.ParDo(_Check(self._max)).with_outputs(
+            _Check.KEYED, main="unkeyed"
+        )
+        resolved = (
+            checked[_Check.KEYED]
+            | "GroupById" >> beam.GroupByKey()
+            | "FirstWins" >> beam.FlatMap(_first_wins)
+        )
+        return (
+            (checked.unkeyed, resolved)
+            | "Join" >> beam.Flatten()
+            | "Split" >> beam.ParDo(_split).with_outputs(FAILED, main=VALID)
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plain Python (dimflow validate)
+
+
+def validate_manifest(
+    pattern: str, *, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+) -> ValidationReport:
+    """Check a whole manifest without Beam, with the same parsing and rules as the pipeline.
+
+    Raises FileNotFoundError (no match) or ValueError (unsupported format) before reading any row.
+    """
+    files = match_manifest(pattern)
+    report = ValidationReport(files=files)
+    ignored: dict[str, set[str]] = {}
+    by_id: dict[str, list[RowCheck]] = {}
+    outcomes: list[tuple[tuple[str, int], list[Problem]]] = []
+    for path in files:
+        with FileSystems.open(path, mime_type="application/octet-stream") as handle:
+            for raw in parse_file(path, handle):
+                report.rows += 1
+                if raw.data is not None:
+                    extra = unknown_columns(raw.data)
+                    if extra:
+                        ignored.setdefault(path, set()).update(extra)
+                checked = check_row(raw, max_instruction_chars=max_instruction_chars)
+                if checked.id is not None:
+                    by_id.setdefault(checked.id, []).append(checked)
+                else:
+                    outcomes.append(((raw.ref.file, raw.ref.index), list(checked.problems)))
+    for row_id, checks in by_id.items():
+        ordered = sorted(checks, key=_order)
+        outcomes.append((_order(ordered[0]), list(ordered[0].problems)))
+        for later in ordered[1:]:
+            dup = duplicate_problem(row_id, later.raw.ref, ordered[0].raw.ref)
+            outcomes.append((_order(later), [*later.problems, dup]))
+    outcomes.sort(key=lambda item: item[0])
+    for _where, problems in outcomes:
+        if problems:
+            report.failed += 1
+            report.problems.extend(problems)
+        else:
+            report.valid += 1
+    report.ignored_columns = {path: sorted(names) for path, names in ignored.items()}
+    return report
