@@ -34,8 +34,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="run a job spec (arguments after -- go to Beam)")
     run.add_argument("spec", help="job spec YAML, e.g. jobs/demo.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec field, e.g. --set painter.steps=10 (repeatable)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set painter.steps=10 (repeatable)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
 
     validate = verbs.add_parser("validate", help="check a manifest without running any model")
@@ -72,6 +78,13 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
     console.print(f"images:     {result.images_dir}", highlight=False)
     console.print(f"provenance: {result.provenance_dir}", highlight=False)
     console.print(f"run record: {result.run_record}", highlight=False)
+    if result.failures:
+        table = Table(title="failed rows (first 10)", title_justify="left")
+        for column in ("id", "stage", "error"):
+            table.add_column(column, overflow="fold")
+        for failure in result.failures:
+            table.add_row(failure["id"] or "(unreadable row)", failure["stage"] or "", failure["error"] or "")
+        console.print(table)
     if result.counts.get("failed"):
         console.print(
             f"{result.counts['failed']} row(s) failed; their stage and error are in the provenance "
@@ -105,12 +118,19 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
 
 
+def _console() -> Console:
+    """A stderr console; when stderr is a log file or pipe, lines are not wrapped at 80 columns."""
+    if sys.stderr.isatty():
+        return Console(stderr=True)
+    return Console(stderr=True, width=int(os.environ.get("COLUMNS", "200")), soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     argv = list(sys.argv[1:] if argv is None else argv)
     own, beam_args = _split_beam_args(argv)
     args = _parser().parse_args(own)
-    console = Console(stderr=True)
+    console = _console()
     if args.verb == "run":
         return _cmd_run(args, beam_args, console)
     if beam_args:

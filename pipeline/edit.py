@@ -20,7 +20,7 @@ from pipeline.spec import JobSpec
 from transforms import images, manifest
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
-from transforms.painter.base import PaintParams, PaintRequest, Painting
+from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
 from transforms.provenance import RunContext, WriteProvenance, provenance_row
 from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
@@ -80,7 +80,9 @@ def check_mode(row: ManifestRow, task: str) -> Iterable:
         )
         yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
     elif task == "t2i" and row.source:
-        message = f"{row.ref}, field 'source': given, but painter.task is 't2i' (text-to-image takes no source)"
+        message = (
+            f"{row.ref}, field 'source': given, but painter.task is 't2i' (text-to-image takes no source)"
+        )
         yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
     else:
         yield EditRecord(row, started_at=time.time())
@@ -88,7 +90,9 @@ def check_mode(row: ManifestRow, task: str) -> Iterable:
 
 def to_paint_request(record: EditRecord) -> tuple[EditRecord, PaintRequest]:
     assert record.seed is not None and record.blueprint is not None
-    request = PaintRequest(key=record.id, prompt=record.blueprint, seed=record.seed, source=record.source_bytes)
+    request = PaintRequest(
+        key=record.id, prompt=record.blueprint, seed=record.seed, source=record.source_bytes
+    )
     return record.evolve(source_bytes=None), request
 
 
@@ -116,7 +120,9 @@ class WriteImages(beam.DoFn):
             assert record.render_key is not None
             uri = images.write_output(self._output, record.id, record.render_key, self._fmt, data)
         except Exception as exc:  # a storage error fails this row, not the run
-            yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_WRITE, f"{type(exc).__name__}: {exc}"))
+            yield beam.pvalue.TaggedOutput(
+                FAILED, Failure(record, STAGE_WRITE, f"{type(exc).__name__}: {exc}")
+            )
             return
         yield record.evolve(
             output_uri=uri, output_sha256=hashlib.sha256(data).hexdigest(), finished_at=time.time()
@@ -160,7 +166,9 @@ def build(
     handler = PainterModelHandler(
         checkpoint=painter.checkpoint,
         task=painter.task,
-        params=PaintParams(steps=painter.steps, guidance_scale=painter.guidance_scale, resolution=painter.resolution),
+        params=PaintParams(
+            steps=painter.steps, guidance_scale=painter.guidance_scale, resolution=painter.resolution
+        ),
         dtype=painter.dtype,
         device=painter.device,
         batch_size=painter.batch_size,
@@ -172,9 +180,9 @@ def build(
         | "Paint" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
     )
     paint_failed = paint_dlq.failed_inferences | "PaintFailures" >> beam.FlatMap(failed_paint_batch)
-    written = painted | "WriteImages" >> beam.ParDo(WriteImages(spec.output, painter.output_format)).with_outputs(
-        FAILED, main="ok"
-    )
+    written = painted | "WriteImages" >> beam.ParDo(
+        WriteImages(spec.output, painter.output_format)
+    ).with_outputs(FAILED, main="ok")
 
     failures = (
         validated.failed,

@@ -8,10 +8,12 @@ import logging
 import secrets
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -36,6 +38,8 @@ class RunResult:
     provenance_dir: str
     run_record: str
     images_dir: str
+    # The first failed rows (manifest order), so the console can show what went wrong without a query.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def new_run_id() -> str:
@@ -137,4 +141,13 @@ def run_job(
         provenance_dir=FileSystems.join(spec.output, "provenance", f"run={run_id}"),
         run_record=record_uri,
         images_dir=FileSystems.join(spec.output, "images"),
+        failures=first_failures(table),
     )
+
+
+def first_failures(table: pa.Table, limit: int = 10) -> list[dict[str, Any]]:
+    """Up to ``limit`` failed rows as {id, stage, error}, ordered by stage then id for a stable display."""
+    failed = table.filter(pc.equal(table.column("status"), "failed"))
+    rows = failed.select(["id", "error_stage", "error"]).to_pylist()
+    rows.sort(key=lambda r: (r["error_stage"] or "", r["id"] or ""))
+    return [{"id": r["id"], "stage": r["error_stage"], "error": r["error"]} for r in rows[:limit]]

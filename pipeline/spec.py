@@ -38,6 +38,11 @@ class DesignerSpec(_Strict):
     max_attempts: int = Field(5, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     seed: int | None = 0
+    max_tokens: int = Field(1024, ge=1)
+    # How many workers (pods/processes) share the limits above; each takes 1/workers of them.
+    workers: int = Field(1, ge=1)
+    device: str = "auto"  # local provider only
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # local provider only
     cache: bool = True
 
     @model_validator(mode="after")

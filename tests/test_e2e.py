@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -40,20 +42,35 @@ def _ok_images(table) -> dict[str, tuple[str, str]]:
 def local_run(tmp_path_factory):
     """One run through the CLI (the way users start it), shared by the assertions below."""
     case = _local_case(tmp_path_factory.mktemp("e2e"))
-    exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
-    assert exit_code == cli.EXIT_OK
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
+    assert exit_code == cli.EXIT_OK, console.getvalue()
     (record_path,) = (Path(case.output) / "runs").glob("*.json")
     record = json.loads(record_path.read_text())
-    return case, record, read_provenance(case.output, record["run_id"])
+    return case, record, read_provenance(case.output, record["run_id"]), console.getvalue()
+
+
+def test_console_shows_summary_paths_and_failed_rows(local_run):
+    _case, record, table, text = local_run
+    assert "RANDOM weights" in text  # the tiny painter says what it is
+    assert f"run {record['run_id']}" in text and "total" in text
+    assert record["run_id"] + ".json" in text
+    failed = [r for r in table.to_pylist() if r["status"] == "failed"]
+    assert 0 < len(failed) <= 10
+    table_lines = text[text.index("failed rows") :].splitlines()
+    for row in failed:  # each failed row has a line naming its id (or that it was unreadable) and stage
+        label = row["id"] or "(unreadable row)"
+        assert any(label in line and row["error_stage"] in line for line in table_lines), label
 
 
 def test_every_row_once_with_status_and_stage(local_run):
-    _case, _record, table = local_run
+    _case, _record, table, _console = local_run
     check_statuses(table)
 
 
 def test_ok_images_exist_and_match_their_hash(local_run):
-    _case, _record, table = local_run
+    _case, _record, table, _console = local_run
     for uri, sha in _ok_images(table).values():
         data = Path(uri).read_bytes()
         assert hashlib.sha256(data).hexdigest() == sha
@@ -61,7 +78,7 @@ def test_ok_images_exist_and_match_their_hash(local_run):
 
 
 def test_run_record(local_run):
-    _case, record, table = local_run
+    _case, record, table, _console = local_run
     assert record["counts"] == {"ok": 5, "failed": 8, "skipped": 0}
     assert record["rows"] == table.num_rows == 13
     assert record["spec"]["painter"]["checkpoint"] == "tiny"
@@ -70,7 +87,7 @@ def test_run_record(local_run):
 
 
 def test_rerun_is_byte_identical(local_run):
-    case, _record, first = local_run
+    case, _record, first, _console = local_run
     spec = load_spec(case.spec_path)
     second_result = run_job(spec, show_progress=False)
     second = read_provenance(case.output, second_result.run_id)
@@ -81,7 +98,7 @@ def test_rerun_is_byte_identical(local_run):
 
 
 def test_multi_process_gives_the_same_rows(local_run, tmp_path):
-    _case, _record, first = local_run
+    _case, _record, first, _console = local_run
     case = _local_case(tmp_path / "mp")
     spec = load_spec(case.spec_path)
     result = run_job(
@@ -96,7 +113,7 @@ def test_multi_process_gives_the_same_rows(local_run, tmp_path):
 
 
 def test_validate_command_names_rows_and_fields(local_run, capsys):
-    case, _record, _table = local_run
+    case, _record, _table, _console = local_run
     manifest = str(Path(case.spec_path).parent / "manifest.jsonl")
     assert cli.main(["validate", manifest]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err

@@ -16,9 +16,21 @@ CONTEXT = RunContext(run_id="r1", versions_json=versions_json())
 def test_ok_row_carries_every_stage():
     row = ManifestRow("a", "white bg", "/data/a.png", 5, '{"sku": 1}', RowRef("/m.jsonl", 1))
     record = EditRecord(
-        row, source_sha256="s", source_width=10, source_height=8, blueprint="bp", designer="none",
-        design_key="dk", designer_attempts=0, seed=5, render_key="rk", paint={"painter": "dim", "width": 64},
-        paint_s=0.5, output_uri="/o.png", output_sha256="h", started_at=1.0,
+        row,
+        source_sha256="s",
+        source_width=10,
+        source_height=8,
+        blueprint="bp",
+        designer="none",
+        design_key="dk",
+        designer_attempts=0,
+        seed=5,
+        render_key="rk",
+        paint={"painter": "dim", "width": 64},
+        paint_s=0.5,
+        output_uri="/o.png",
+        output_sha256="h",
+        started_at=1.0,
     )
     out = provenance_row(record, CONTEXT, now=2.0)
     assert out["status"] == "ok" and out["error"] is None and out["mode"] == "edit"

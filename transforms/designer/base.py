@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class DesignerSetupError(RuntimeError):
+    """The provider cannot start on this worker (missing API key, bad settings, unloadable model)."""
+
+
 @dataclass(frozen=True)
 class DesignRequest:
     key: str  # row id, for error messages
@@ -23,16 +27,21 @@ class DesignRequest:
 @dataclass(frozen=True)
 class Design:
     blueprint: str
-    attempts: int = 1
-    tokens_in: int | None = None
+    attempts: int = 1  # calls made for this row (retries included); 0 when no model was asked
+    tokens_in: int | None = None  # from the reply's usage (prompt tokens), when the backend reports it
     tokens_out: int | None = None
-    latency_s: float = 0.0
+    latency_s: float = 0.0  # wall time from the row's first call to its final reply, retries included
 
 
 @dataclass(frozen=True)
 class DesignFailure:
+    """A row the designer could not serve; ``error`` is the reason written to provenance."""
+
     error: str
     attempts: int = 1
+    tokens_in: int | None = None  # a reply that was refused or unparseable was still paid for
+    tokens_out: int | None = None
+    latency_s: float = 0.0
 
 
 class DesignerProvider(abc.ABC):
@@ -48,10 +57,10 @@ class DesignerProvider(abc.ABC):
         It enters ``design_key`` and ``render_key``; secrets and rate limits never do.
         """
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Acquire clients/models; called once per worker before the first batch."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Release what ``setup`` acquired."""
 
     @abc.abstractmethod

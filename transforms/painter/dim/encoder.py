@@ -1,0 +1,133 @@
+"""The frozen Qwen2.5-VL encoder and DIM's condition: the hidden states of the user turn.
+
+As in showlab/DIM (``data/tos_dataset.py``, ``models/modeling_dim.py``): the conversation is one user
+message (the source image, then the prompt; the prompt alone for text-to-image) rendered by the chat
+template without a generation prompt, so the template's default system turn comes first. The condition is
+the last hidden state (after the final norm) of the tokens strictly between ``<|im_start|>user\\n`` and
+``<|im_end|>``: ``<|vision_start|>``, the image tokens, ``<|vision_end|>``, then the prompt tokens.
+
+The source goes to the encoder as the reference's vision helper prepares it: RGBA composited on white,
+otherwise converted to RGB, then resized (bicubic) to a square of ``encoder_image_size``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+USER_MARKER = "user\n"
+
+
+class ImageTextProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without the video processor (which needs torchvision; we never send video)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+        )
+
+
+def load_processor(path: str | Path) -> ImageTextProcessor:
+    """Tokenizer, PIL image processor and chat template from one folder (an HF snapshot or ours)."""
+    folder = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(folder))
+    template = _chat_template(folder) or getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise FileNotFoundError(
+            f"{folder}: no chat template (chat_template.jinja, chat_template.json or tokenizer)"
+        )
+    return ImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+def _chat_template(folder: Path) -> str | None:
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    js = folder / "chat_template.json"
+    if js.is_file():
+        return json.loads(js.read_text(encoding="utf-8"))["chat_template"]
+    return None
+
+
+def encoder_image(image: Image.Image, size: int) -> Image.Image:
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.split()[3])
+        image = background
+    else:
+        image = image.convert("RGB")
+    return image.resize((size, size), Image.Resampling.BICUBIC)
+
+
+@dataclass(frozen=True)
+class Condition:
+    hidden: torch.Tensor  # [N, hidden_size], the user-turn tokens' last hidden states
+    token_ids: torch.Tensor  # [N], for inspection and tests
+
+
+class ConditionEncoder:
+    def __init__(
+        self, model: Qwen2_5_VLForConditionalGeneration, processor: ImageTextProcessor, image_size: int
+    ):
+        self.model = model
+        self.processor = processor
+        self.image_size = image_size
+        tokenizer = processor.tokenizer
+        self._im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+        self._im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self._marker = [self._im_start, *tokenizer.encode(USER_MARKER, add_special_tokens=False)]
+        self._special = sorted({t for t in tokenizer.all_special_tokens} | set(tokenizer.get_added_vocab()))
+
+    def check_prompt(self, key: str, prompt: str) -> None:
+        """Control tokens inside a prompt would break the turn structure the condition is cut from."""
+        found = [token for token in self._special if token and token in prompt]
+        if found:
+            raise ValueError(f"row {key!r}: the prompt contains tokenizer control tokens {found}")
+
+    def inputs(self, prompt: str, image: Image.Image | None):
+        """Processor inputs for the one-turn conversation. The prompt is stripped (the reference's designer
+        output is), which also keeps ``user\n`` a token pair of its own for ``user_span``."""
+        content: list[dict] = [{"type": "image"}] if image is not None else []
+        content.append({"type": "text", "text": prompt.strip()})
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=False
+        )
+        images = [encoder_image(image, self.image_size)] if image is not None else None
+        return self.processor(text=[text], images=images, return_tensors="pt")
+
+    def user_span(self, input_ids: torch.Tensor) -> tuple[int, int]:
+        """[begin, end) of the single user turn's content in a 1-D id sequence."""
+        ids = input_ids.tolist()
+        width = len(self._marker)
+        begins = [i + width for i in range(len(ids) - width + 1) if ids[i : i + width] == self._marker]
+        if len(begins) != 1:
+            raise ValueError(f"expected exactly one user turn in the encoder input, found {len(begins)}")
+        begin = begins[0]
+        try:
+            end = ids.index(self._im_end, begin)
+        except ValueError:
+            raise ValueError("the user turn is not closed by <|im_end|>") from None
+        return begin, end
+
+    @torch.inference_mode()
+    def encode(self, prompt: str, image: Image.Image | None) -> Condition:
+        batch = self.inputs(prompt, image)
+        device = self.model.device
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        # The base model (no lm_head): its last_hidden_state is after the final norm, as hidden_states[-1] was
+        # in the reference.
+        hidden = self.model.model(**batch, use_cache=False).last_hidden_state[0]
+        begin, end = self.user_span(batch["input_ids"][0].cpu())
+        return Condition(hidden=hidden[begin:end], token_ids=batch["input_ids"][0, begin:end].cpu())
