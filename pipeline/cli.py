@@ -16,7 +16,7 @@ from rich.table import Table
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 TINY_WARNING = (
-    "painter.checkpoint=tiny: the painter is DIM's architecture at toy size with RANDOM weights. "
+    "a painter checkpoint is 'tiny': the painter is DIM's architecture at toy size with RANDOM weights. "
     "Its images are noise-like and show only that the pipeline works, not what DIM-4.6B paints."
 )
 
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a spec field, e.g. --set painter.steps=10 (repeatable)",
     )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument(
+        "--stage",
+        choices=("all", "design", "paint"),
+        help="run only the design half (writes the blueprint table) or only the paint half (reads it); "
+        "same as --set stage=...",
+    )
 
     validate = verbs.add_parser("validate", help="check a manifest without running any model")
     validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
@@ -56,11 +62,12 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
     from pipeline.spec import SpecError, load_spec
 
     try:
-        spec = load_spec(args.spec, args.overrides)
+        overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
+        spec = load_spec(args.spec, overrides)
     except SpecError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return EXIT_BAD_INPUT
-    if spec.painter.checkpoint == "tiny":
+    if "tiny" in spec.painter.checkpoints().values():
         console.print(f"[yellow]warning:[/yellow] {TINY_WARNING}", highlight=False)
     console.print(f"dimflow: job [bold]{spec.name}[/bold], manifest {spec.manifest}", highlight=False)
     try:
@@ -75,8 +82,11 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
     from pipeline.progress import summary_table
 
     console.print(summary_table(f"run {result.run_id}", result.counts, result.elapsed_s))
-    console.print(f"images:     {result.images_dir}", highlight=False)
-    console.print(f"provenance: {result.provenance_dir}", highlight=False)
+    if result.stage == "design":
+        console.print(f"blueprints: {result.table_dir}", highlight=False)
+    else:
+        console.print(f"images:     {result.images_dir}", highlight=False)
+        console.print(f"provenance: {result.table_dir}", highlight=False)
     console.print(f"run record: {result.run_record}", highlight=False)
     if result.failures:
         table = Table(title="failed rows (first 10)", title_justify="left")
@@ -87,8 +97,8 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
         console.print(table)
     if result.counts.get("failed"):
         console.print(
-            f"{result.counts['failed']} row(s) failed; their stage and error are in the provenance "
-            "(status='failed').",
+            f"{result.counts['failed']} row(s) failed; their stage and error are in the "
+            f"{'blueprint table' if result.stage == 'design' else 'provenance'} (status='failed').",
             highlight=False,
         )
     return EXIT_OK

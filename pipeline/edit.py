@@ -18,6 +18,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from pipeline import schema
 from pipeline.spec import JobSpec
 from transforms import images, manifest
+from transforms.blueprints import LookupBlueprints, WriteBlueprints, blueprint_row
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.painter.base import Painting, PaintParams, PaintRequest
@@ -26,6 +27,7 @@ from transforms.provenance import RunContext, WriteProvenance, provenance_row
 from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
 
 FAILED = "failed"
+MODES = ("edit", "t2i")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class JobKeys:
 
     designer_config: dict[str, Any]
     painter_config: dict[str, Any]
-    checkpoint_sha256: str
+    checkpoint_sha256: dict[str, str]  # mode (edit | t2i) -> sha256 of that checkpoint's weights
     default_seed: int
 
     def design_key(self, record: EditRecord) -> str:
@@ -44,25 +46,35 @@ class JobKeys:
             designer_config=self.designer_config,
         )
 
+    def with_keys(self, record: EditRecord) -> EditRecord:
+        """The record with its design key, seed and render key (what names its blueprint and image).
+
+        A design-only job has no checkpoint hashes (its pods need no painter weights): no render key.
+        """
+        record = record.evolve(design_key=self.design_key(record))
+        if not self.checkpoint_sha256:
+            return record
+        return self.with_render_key(record)
+
     def with_render_key(self, record: EditRecord) -> EditRecord:
         seed = record.row.seed if record.row.seed is not None else self.default_seed
+        mode = row_mode(record.row)
         key = schema.render_key(
             source_sha256=record.source_sha256,
             instruction=record.row.instruction,
             designer_config=self.designer_config,
-            painter_config=self.painter_config,
-            checkpoint_sha256=self.checkpoint_sha256,
+            painter_config={**self.painter_config, "mode": mode},
+            checkpoint_sha256=self.checkpoint_sha256[mode],
             seed=seed,
         )
         return record.evolve(seed=seed, render_key=key)
 
 
 def painter_config(spec: JobSpec) -> dict[str, Any]:
-    """The painter settings that change pixels (they enter the render key)."""
+    """The painter settings that change pixels (they enter the render key, with the row's mode)."""
     p = spec.painter
     return {
         "kind": p.kind,
-        "task": p.task,
         "steps": p.steps,
         "guidance_scale": p.guidance_scale,
         "resolution": p.resolution,
@@ -71,21 +83,61 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def check_mode(row: ManifestRow, task: str) -> Iterable:
-    """A row must suit the painter's task: edit rows need a source, t2i rows must not have one."""
-    if task == "edit" and not row.source:
-        message = (
-            f"{row.ref}, field 'source': missing, but painter.task is 'edit' "
-            "(rows without a source need a text-to-image job: painter.task=t2i)"
-        )
-        yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
-    elif task == "t2i" and row.source:
-        message = (
-            f"{row.ref}, field 'source': given, but painter.task is 't2i' (text-to-image takes no source)"
-        )
+def row_mode(row: ManifestRow) -> str:
+    """Rows with a source are edits; rows without one are text-to-image."""
+    return "edit" if row.source else "t2i"
+
+
+def check_mode(row: ManifestRow, checkpoints: dict[str, str]) -> Iterable:
+    """A row needs a checkpoint for its mode: edits need painter.checkpoint, t2i rows painter.t2i_checkpoint."""
+    mode = row_mode(row)
+    if mode in checkpoints:
+        yield EditRecord(row, started_at=time.time())
+    elif mode == "edit":
+        message = f"{row.ref}, field 'source': given, but painter.checkpoint is null (this job paints text-to-image only)"
         yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
     else:
-        yield EditRecord(row, started_at=time.time())
+        message = (
+            f"{row.ref}, field 'source': missing, and painter.t2i_checkpoint is not set "
+            "(rows without a source are text-to-image; set it, e.g. to stdKonjac/DIM-4.6B-T2I)"
+        )
+        yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
+
+
+def _design(
+    keyed: beam.PCollection, spec: JobSpec, keys: JobKeys, blueprint_files: list[str]
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """Records with blueprints, and the design failures: from earlier tables, the designer, or both."""
+    if spec.stage == "paint":
+        found = keyed | "Blueprints" >> LookupBlueprints(blueprint_files, spec.output, required=True)
+        return found.found, [found.missing]
+    to_design = keyed
+    reused = []
+    if spec.designer.cache and spec.designer.kind != "none" and blueprint_files:
+        found = keyed | "CachedBlueprints" >> LookupBlueprints(blueprint_files, spec.output, required=False)
+        to_design, reused = found.missing, [found.found]
+    designer_config = spec.designer.model_dump()
+    new = to_design | "Design" >> DesignRecords(
+        lambda: make_provider(designer_config), keys.design_key, max_batch_size=spec.designer.max_concurrency
+    )
+    designed = (*reused, new.designed) | "Designed" >> beam.Flatten()
+    return designed, [new.failed]
+
+
+def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
+    """The RunInference handler for one mode's checkpoint, with the job's sampling settings."""
+    painter = spec.painter
+    return PainterModelHandler(
+        checkpoint=painter.checkpoints()[mode],
+        task=mode,
+        params=PaintParams(
+            steps=painter.steps, guidance_scale=painter.guidance_scale, resolution=painter.resolution
+        ),
+        dtype=painter.dtype,
+        device=painter.device,
+        batch_size=painter.batch_size,
+        noise_device=painter.noise_device,
+    )
 
 
 def to_paint_request(record: EditRecord) -> tuple[EditRecord, PaintRequest]:
@@ -137,62 +189,73 @@ def build(
     keys: JobKeys,
     versions_json: str,
     progress: beam.PTransform | None = None,
+    blueprint_files: list[str] | None = None,
 ) -> None:
-    """Add the job's transforms to ``pipeline`` (which the caller runs)."""
-    if spec.stage != "all":
-        raise ValueError(
-            f"stage={spec.stage!r} is not available in this build; use stage=all "
-            "(split design/paint stages are tracked in the designer issue)"
-        )
+    """Add the job's transforms to ``pipeline`` (which the caller runs).
+
+    ``blueprint_files`` are earlier runs' blueprint tables (listed by the caller before the run starts):
+    ``stage: paint`` takes every blueprint from them; the other stages reuse them when
+    ``designer.cache`` is on, so unchanged rows cost no designer call.
+    """
     limits = spec.limits
+    context = RunContext(run_id=run_id, versions_json=versions_json)
     raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest)
     validated = raw | "ValidateRows" >> manifest.ValidateRows(
         max_instruction_chars=limits.max_instruction_chars
     )
-    moded = validated.valid | "CheckMode" >> beam.FlatMap(check_mode, spec.painter.task).with_outputs(
-        FAILED, main="ok"
-    )
+    moded = validated.valid | "CheckMode" >> beam.FlatMap(
+        check_mode, spec.painter.checkpoints()
+    ).with_outputs(FAILED, main="ok")
     fetched = moded.ok | "FetchImages" >> images.FetchImages(
         max_image_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels
     )
-    keyed = fetched.ok | "RenderKey" >> beam.Map(keys.with_render_key)
+    keyed = fetched.ok | "Keys" >> beam.Map(keys.with_keys)
+    early_failures = [validated.failed, moded.failed, fetched.failed]
 
-    designer_config = spec.designer.model_dump()
-    designed = keyed | "Design" >> DesignRecords(
-        lambda: make_provider(designer_config), keys.design_key, max_batch_size=spec.designer.max_concurrency
-    )
+    designed, design_failures = _design(keyed, spec, keys, blueprint_files or [])
+    if spec.stage in ("all", "design"):
+        blueprints = (
+            (designed, *early_failures, *design_failures)
+            | "DesignDone" >> beam.Flatten()
+            | "BlueprintRows" >> beam.Map(lambda item: blueprint_row(item, context, time.time()))
+        )
+        if spec.stage == "design" and progress is not None:  # a design run reports its blueprint rows
+            blueprints = blueprints | "Progress" >> progress
+        blueprints | "WriteBlueprints" >> WriteBlueprints(spec.output, run_id)
+    if spec.stage == "design":
+        return
 
     painter = spec.painter
-    handler = PainterModelHandler(
-        checkpoint=painter.checkpoint,
-        task=painter.task,
-        params=PaintParams(
-            steps=painter.steps, guidance_scale=painter.guidance_scale, resolution=painter.resolution
-        ),
-        dtype=painter.dtype,
-        device=painter.device,
-        batch_size=painter.batch_size,
-        noise_device=painter.noise_device,
+    checkpoints = painter.checkpoints()
+    by_mode = designed | "ByMode" >> beam.Partition(
+        lambda record, _n: MODES.index(row_mode(record.row)), len(MODES)
     )
-    painted, paint_dlq = (
-        designed.designed
-        | "ToPaintRequest" >> beam.Map(to_paint_request)
-        | "Paint" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
-    )
-    paint_failed = paint_dlq.failed_inferences | "PaintFailures" >> beam.FlatMap(failed_paint_batch)
+    painted_parts, paint_failed_parts = [], []
+    for mode, records in zip(MODES, by_mode, strict=True):
+        if mode not in checkpoints:
+            continue  # check_mode already failed these rows; this branch stays empty
+        painted_mode, dlq = (
+            records
+            | f"ToPaintRequest[{mode}]" >> beam.Map(to_paint_request)
+            | f"Paint[{mode}]"
+            >> RunInference(KeyedModelHandler(painter_handler(spec, mode))).with_exception_handling()
+        )
+        painted_parts.append(painted_mode)
+        paint_failed_parts.append(
+            dlq.failed_inferences | f"PaintFailures[{mode}]" >> beam.FlatMap(failed_paint_batch)
+        )
+    painted = painted_parts | "Painted" >> beam.Flatten()
+    paint_failed = paint_failed_parts | "PaintFailed" >> beam.Flatten()
     written = painted | "WriteImages" >> beam.ParDo(
         WriteImages(spec.output, painter.output_format)
     ).with_outputs(FAILED, main="ok")
 
     failures = (
-        validated.failed,
-        moded.failed,
-        fetched.failed,
-        designed.failed,
+        *early_failures,
+        *design_failures,
         paint_failed,
         written.failed,
     ) | "AllFailures" >> beam.Flatten()
-    context = RunContext(run_id=run_id, versions_json=versions_json)
     rows = (
         (written.ok, failures)
         | "Finished" >> beam.Flatten()

@@ -21,8 +21,9 @@ from rich.console import Console
 
 from pipeline import edit
 from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
-from pipeline.schema import PROVENANCE_SCHEMA
+from pipeline.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from pipeline.spec import JobSpec
+from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
@@ -35,9 +36,10 @@ class RunResult:
     run_id: str
     counts: dict[str, int]
     elapsed_s: float
-    provenance_dir: str
+    table_dir: str  # provenance (or, for a design run, blueprints) of this run
     run_record: str
     images_dir: str
+    stage: str = "all"
     # The first failed rows (manifest order), so the console can show what went wrong without a query.
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -64,21 +66,37 @@ def job_keys(spec: JobSpec) -> edit.JobKeys:
     return edit.JobKeys(
         designer_config=designer.config(),
         painter_config=edit.painter_config(spec),
-        checkpoint_sha256=checkpoint_fingerprint(spec.painter.checkpoint, spec.painter.task),
+        checkpoint_sha256={
+            mode: checkpoint_fingerprint(checkpoint, mode)
+            for mode, checkpoint in spec.painter.checkpoints().items()
+        },
         default_seed=spec.painter.seed,
     )
 
 
+def _reads_blueprints(spec: JobSpec) -> bool:
+    return spec.stage == "paint" or (spec.designer.cache and spec.designer.kind != "none")
+
+
 def read_provenance(output: str, run_id: str | None = None) -> pa.Table:
     """All provenance rows under ``output`` (or one run's), through Beam filesystems (local or gs://)."""
+    return read_run_table(output, "provenance", PROVENANCE_SCHEMA, run_id)
+
+
+def read_blueprints(output: str, run_id: str | None = None) -> pa.Table:
+    """All blueprint-table rows under ``output`` (or one run's)."""
+    return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id)
+
+
+def read_run_table(output: str, table: str, schema: pa.Schema, run_id: str | None = None) -> pa.Table:
     run_glob = f"run={run_id}" if run_id else "run=*"
-    pattern = FileSystems.join(output, "provenance", run_glob, "*.parquet")
+    pattern = FileSystems.join(output, table, run_glob, "*.parquet")
     tables = []
     for match in FileSystems.match([pattern])[0].metadata_list:
         with FileSystems.open(match.path) as handle:
-            tables.append(pq.read_table(pa.BufferReader(handle.read()), schema=PROVENANCE_SCHEMA))
+            tables.append(pq.read_table(pa.BufferReader(handle.read()), schema=schema))
     if not tables:
-        return PROVENANCE_SCHEMA.empty_table()
+        return schema.empty_table()
     return pa.concat_tables(tables)
 
 
@@ -105,12 +123,26 @@ def run_job(
     keys = job_keys(spec)
     options = pipeline_options(spec, beam_args)
     local = spec.runner.name in LOCAL_RUNNERS and show_progress
+    earlier_blueprints = blueprint_files(spec.output) if _reads_blueprints(spec) else []
+    if spec.stage == "paint" and not earlier_blueprints:
+        raise ValueError(
+            f"stage=paint: no blueprint tables under {FileSystems.join(spec.output, 'blueprints')}; "
+            "run the same job with stage=design first"
+        )
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     with ProgressListener() as listener:
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
         pipeline = beam.Pipeline(options=options)
-        edit.build(pipeline, spec, run_id=run_id, keys=keys, versions_json=versions, progress=progress)
+        edit.build(
+            pipeline,
+            spec,
+            run_id=run_id,
+            keys=keys,
+            versions_json=versions,
+            progress=progress,
+            blueprint_files=earlier_blueprints,
+        )
         if local:
             with LiveProgress(listener, console):
                 pipeline.run().wait_until_finish()
@@ -118,7 +150,10 @@ def run_job(
             pipeline.run().wait_until_finish()
 
     elapsed = time.monotonic() - t0
-    table = read_provenance(spec.output, run_id)
+    # A design run's result is its blueprint table; the other stages' is the provenance.
+    table_name = "blueprints" if spec.stage == "design" else "provenance"
+    schema = BLUEPRINT_SCHEMA if spec.stage == "design" else PROVENANCE_SCHEMA
+    table = read_run_table(spec.output, table_name, schema, run_id)
     counts = dict(Counter(table.column("status").to_pylist()))
     record = {
         "run_id": run_id,
@@ -128,6 +163,7 @@ def run_job(
         "versions": json.loads(versions),
         "checkpoint_sha256": keys.checkpoint_sha256,
         "counts": {status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
+        "stage": spec.stage,
         "rows": table.num_rows,
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -138,7 +174,8 @@ def run_job(
         run_id=run_id,
         counts=record["counts"],
         elapsed_s=elapsed,
-        provenance_dir=FileSystems.join(spec.output, "provenance", f"run={run_id}"),
+        table_dir=FileSystems.join(spec.output, table_name, f"run={run_id}"),
+        stage=spec.stage,
         run_record=record_uri,
         images_dir=FileSystems.join(spec.output, "images"),
         failures=first_failures(table),

@@ -31,6 +31,7 @@ PROVENANCE_SCHEMA = pa.schema(
         ("tokens_in", pa.int64()),
         ("tokens_out", pa.int64()),
         ("design_s", pa.float64()),
+        ("blueprint_run_id", pa.string()),  # the run whose designer call made the blueprint (cache reuse)
         ("painter", pa.string()),
         ("checkpoint_sha256", pa.string()),
         ("seed", pa.int64()),
@@ -54,6 +55,33 @@ PROVENANCE_SCHEMA = pa.schema(
 )
 
 STATUSES = ("ok", "failed", "skipped")
+
+# The design half of a run: one row per manifest row (ok with a blueprint, or failed before/at design),
+# under ``{output}/blueprints/run={run_id}/``. Written by ``stage: design`` and ``stage: all``; read by
+# ``stage: paint`` and by the designer cache. A DIM-Edit-style dataset: source, instruction, blueprint.
+BLUEPRINT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("id", pa.string()),
+        ("status", pa.string()),  # ok | failed
+        ("error_stage", pa.string()),
+        ("error", pa.string()),
+        ("mode", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_sha256", pa.string()),
+        ("instruction", pa.string()),
+        ("design_key", pa.string()),
+        ("designer", pa.string()),
+        ("blueprint", pa.string()),
+        ("blueprint_run_id", pa.string()),
+        ("designer_attempts", pa.int32()),
+        ("tokens_in", pa.int64()),
+        ("tokens_out", pa.int64()),
+        ("design_s", pa.float64()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("worker", pa.string()),
+    ]
+)
 
 
 def _digest(payload: dict[str, Any]) -> str:

@@ -56,8 +56,10 @@ class PainterSpec(_Strict):
     """The painter model and its sampling parameters (DIM's defaults)."""
 
     kind: Literal["dim"] = "dim"
-    checkpoint: str = "stdKonjac/DIM-4.6B-Edit"
-    task: Literal["edit", "t2i"] = "edit"
+    # Rows with a source are edits (painted by ``checkpoint``); rows without one are text-to-image
+    # (painted by ``t2i_checkpoint``). A null checkpoint makes that kind of row fail at validation.
+    checkpoint: str | None = "stdKonjac/DIM-4.6B-Edit"
+    t2i_checkpoint: str | None = None
     steps: int = Field(30, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0)
     resolution: int = Field(1024, ge=32, le=4096)
@@ -74,6 +76,19 @@ class PainterSpec(_Strict):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
         return value
+
+    @model_validator(mode="after")
+    def _some_checkpoint(self) -> PainterSpec:
+        if not self.checkpoint and not self.t2i_checkpoint:
+            raise ValueError(
+                "painter.checkpoint and painter.t2i_checkpoint are both empty: nothing can paint"
+            )
+        return self
+
+    def checkpoints(self) -> dict[str, str]:
+        """mode (edit | t2i) -> checkpoint, for the modes this job can paint."""
+        pairs = {"edit": self.checkpoint, "t2i": self.t2i_checkpoint}
+        return {mode: ckpt for mode, ckpt in pairs.items() if ckpt}
 
 
 class RunnerSpec(_Strict):
@@ -117,9 +132,10 @@ class JobSpec(_Strict):
         data = self.model_dump()
         data["manifest"] = absolute(self.manifest)
         data["output"] = absolute(self.output)
-        checkpoint = self.painter.checkpoint
-        if checkpoint.startswith((".", "/")) or Path(base_dir, checkpoint).is_dir():
-            data["painter"]["checkpoint"] = absolute(checkpoint)
+        for field in ("checkpoint", "t2i_checkpoint"):
+            checkpoint = getattr(self.painter, field)
+            if checkpoint and (checkpoint.startswith((".", "/")) or Path(base_dir, checkpoint).is_dir()):
+                data["painter"][field] = absolute(checkpoint)
         return JobSpec.model_validate(data)
 
 

@@ -21,7 +21,7 @@ EXPECTED: dict[str | None, tuple[str, str | None, str | None]] = {
     "alias-columns": ("ok", None, None),
     "missing-file": ("failed", "fetch", "not found"),
     "corrupt": ("failed", "fetch", None),
-    "no-source": ("failed", "validate", "'source'"),
+    "text-to-image": ("ok", None, None),
     "blank-instruction": ("failed", "validate", "'instruction'"),
     "bad-seed": ("failed", "validate", "'seed'"),
     "../escape": ("failed", "validate", "'id'"),
@@ -74,7 +74,7 @@ def manifest_lines() -> list[str]:
         {"key": "alias-columns", "image_path": "images/blue.jpg", "prompt": "a longer instruction " * 5},
         {"id": "missing-file", "source": "images/nope.png", "instruction": "x"},
         {"id": "corrupt", "source": "images/corrupt.png", "instruction": "x"},
-        {"id": "no-source", "instruction": "a red chair"},
+        {"id": "text-to-image", "instruction": "a red chair in a bright studio", "seed": 5},
         {"id": "blank-instruction", "source": "images/red.png", "instruction": "  "},
         {"id": "bad-seed", "source": "images/red.png", "instruction": "x", "seed": "seven"},
         {"id": "../escape", "source": "images/red.png", "instruction": "x"},
@@ -106,7 +106,13 @@ def write_case(
         "name": "e2e",
         "manifest": f"{manifest_dir}/manifest.jsonl",
         "output": output,
-        "painter": {"checkpoint": "tiny", "steps": 3, "resolution": 64, "batch_size": 2},
+        "painter": {
+            "checkpoint": "tiny",
+            "t2i_checkpoint": "tiny",
+            "steps": 3,
+            "resolution": 64,
+            "batch_size": 2,
+        },
     }
     for section, values in (extra or {}).items():
         if isinstance(values, dict):
@@ -139,12 +145,16 @@ def check_statuses(table: pa.Table) -> None:
     not_json = [r for r in rows if r["error"] and "JSON" in r["error"] and r["id"] is None]
     assert len(not_json) == 1 and not_json[0]["status"] == "failed"
     ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) == 5
+    assert len(ok) == 6
     for row in ok:
         assert row["width"] == row["height"] == 64
         assert row["painter"] and row["checkpoint_sha256"] and row["render_key"]
         assert row["output_uri"].endswith(f"images/{row['id']}/{row['render_key'][:16]}.png")
         assert row["blueprint"] == row["instruction"] and row["designer"] == "none"
+    t2i = by_id["text-to-image"][0]
+    assert t2i["mode"] == "t2i" and t2i["source_uri"] is None and t2i["painter"] == "dim:tiny-t2i"
+    assert {r["mode"] for r in ok if r["id"] != "text-to-image"} == {"edit"}
+    assert len({r["checkpoint_sha256"] for r in ok}) == 2  # one edit and one t2i checkpoint
     rotated = by_id["rotated-exif"][0]
     assert (rotated["source_width"], rotated["source_height"]) == (48, 40)  # EXIF orientation applied
     assert by_id["blue-jpg"][0]["seed"] == 233  # painter.seed default

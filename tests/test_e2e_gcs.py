@@ -28,10 +28,13 @@ def test_pipeline_on_gcs(gcs, tmp_path):
     check_statuses(table)
     for row in table.to_pylist():
         if row["status"] == "ok":
-            assert row["source_uri"].startswith(f"gs://{DEFAULT_BUCKET}/{prefix}/images/")
+            assert row["mode"] == "t2i" or row["source_uri"].startswith(
+                f"gs://{DEFAULT_BUCKET}/{prefix}/images/"
+            )
             assert row["output_uri"].startswith(f"gs://{DEFAULT_BUCKET}/out/images/")
             with FileSystems.open(row["output_uri"]) as handle:
                 assert hashlib.sha256(handle.read()).hexdigest() == row["output_sha256"]
     names = list_names(DEFAULT_BUCKET, "out/")
     assert f"out/runs/{result.run_id}.json" in names
     assert any(name.startswith(f"out/provenance/run={result.run_id}/part-") for name in names)
+    assert any(name.startswith(f"out/blueprints/run={result.run_id}/part-") for name in names)

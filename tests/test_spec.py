@@ -46,7 +46,8 @@ def test_overrides_parse_yaml_values(tmp_path):
         (BASE + "painter_typo: 1\n", [], "painter_typo: unknown key"),
         (BASE, ["painter.stpes=3"], "painter.stpes: unknown key"),
         (BASE, ["painter.steps=0"], "painter.steps: Input should be greater than or equal to 1"),
-        (BASE, ["painter.task=inpaint"], "painter.task"),
+        (BASE, ["painter.task=edit"], "painter.task: unknown key"),
+        (BASE, ["painter.checkpoint=null"], "painter.checkpoint and painter.t2i_checkpoint are both empty"),
         (BASE, ["designer.kind=openai"], "designer.model is required"),
         (BASE, ["painter.device=tpu"], "painter.device"),
         ("name: t\noutput: out\n", [], "manifest: Field required"),
@@ -76,3 +77,11 @@ def test_missing_and_non_mapping_spec(tmp_path):
 def test_demo_spec_is_valid():
     spec = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml")
     assert spec.painter.checkpoint == "tiny" and spec.manifest.endswith("jobs/demo/manifest.jsonl")
+
+
+def test_checkpoints_per_mode(tmp_path):
+    (tmp_path / "ckpt-t2i").mkdir()
+    spec = load_spec(write(tmp_path, BASE), ["painter.t2i_checkpoint=ckpt-t2i"])
+    assert spec.painter.checkpoints() == {"edit": "tiny", "t2i": str(tmp_path / "ckpt-t2i")}
+    only_t2i = load_spec(write(tmp_path, BASE), ["painter.checkpoint=null", "painter.t2i_checkpoint=tiny"])
+    assert only_t2i.painter.checkpoints() == {"t2i": "tiny"}

@@ -62,6 +62,7 @@ class EditRecord:
     tokens_in: int | None = None
     tokens_out: int | None = None
     design_s: float | None = None
+    blueprint_run_id: str | None = None  # set when the blueprint was reused from an earlier run
     # paint (set before painting: the render key and the seed actually used)
     seed: int | None = None
     render_key: str | None = None

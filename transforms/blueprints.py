@@ -1,0 +1,152 @@
+"""The blueprint table: the design half of a run, written as Parquet and read back by later runs.
+
+``{output}/blueprints/run={run_id}/part-*.parquet`` holds one row per manifest row of a design or full
+run: ``ok`` rows carry the blueprint, ``failed`` rows the stage and error. Later runs join their
+records to these tables on ``design_key`` (inside the pipeline, so the table never has to fit in one
+worker's memory): a full run reuses blueprints instead of calling the designer again, and
+``stage: paint`` takes all its blueprints from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquet
+
+from pipeline.schema import BLUEPRINT_SCHEMA
+from transforms.provenance import RunContext, worker_name
+from transforms.records import STAGE_DESIGN, EditRecord, Failure
+
+MISSING = "missing"
+_READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint"]
+
+
+def blueprint_files(output: str) -> list[str]:
+    """Every blueprint part file of every earlier run under ``output`` (none: an empty list)."""
+    pattern = FileSystems.join(output, "blueprints", "run=*", "*.parquet")
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except Exception:  # some filesystems raise instead of matching nothing
+        return []
+
+
+def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
+    """A designed record or a failure (before or at design) as a row of ``BLUEPRINT_SCHEMA``."""
+    failure = item if isinstance(item, Failure) else None
+    record = item.record if failure is not None else item
+    row: dict[str, Any] = {name: None for name in BLUEPRINT_SCHEMA.names}
+    row.update(run_id=context.run_id, worker=worker_name())
+    row["finished_at"] = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+    if failure is not None:
+        row.update(status="failed", error_stage=failure.stage, error=failure.error, id=failure.id)
+    else:
+        row["status"] = "ok"
+    if record is None:
+        return row
+    manifest = record.row
+    row.update(
+        id=manifest.id,
+        mode="edit" if manifest.source else "t2i",
+        source_uri=manifest.source,
+        source_sha256=record.source_sha256,
+        instruction=manifest.instruction,
+        design_key=record.design_key,
+        designer=record.designer,
+        blueprint=record.blueprint,
+        blueprint_run_id=record.blueprint_run_id
+        or (context.run_id if record.blueprint is not None else None),
+        designer_attempts=record.designer_attempts,
+        tokens_in=record.tokens_in,
+        tokens_out=record.tokens_out,
+        design_s=record.design_s,
+    )
+    return row
+
+
+class WriteBlueprints(beam.PTransform):
+    """Rows -> ``{output}/blueprints/run={run_id}/part-*.parquet`` with Beam's Parquet sink."""
+
+    def __init__(self, output: str, run_id: str):
+        super().__init__()
+        self._prefix = FileSystems.join(output, "blueprints", f"run={run_id}", "part")
+
+    def expand(self, rows):
+        return rows | "WriteParquet" >> beam.io.WriteToParquet(
+            self._prefix, BLUEPRINT_SCHEMA, file_name_suffix=".parquet", shard_name_template="-SSSSS-of-NNNNN"
+        )
+
+
+def _pick(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest ``ok`` entry of a design key (run ids sort by time), else the newest failure."""
+    entries = sorted(entries, key=lambda e: e.get("run_id") or "")
+    ok = [e for e in entries if e.get("status") == "ok" and (e.get("blueprint") or "").strip()]
+    if ok:
+        return ok[-1]
+    return entries[-1] if entries else None
+
+
+def _apply(element: tuple[str, dict[str, list]], required: bool, output: str) -> Iterable:
+    _key, grouped = element
+    entry = _pick(grouped["tables"])
+    for record in grouped["records"]:
+        if entry is not None and entry.get("status") == "ok":
+            yield record.evolve(
+                blueprint=entry["blueprint"],
+                designer=entry["designer"],
+                designer_attempts=0,  # no designer call in this run
+                tokens_in=0,
+                tokens_out=0,
+                design_s=0.0,
+                blueprint_run_id=entry["run_id"],
+            )
+        elif not required:
+            yield beam.pvalue.TaggedOutput(MISSING, record)
+        elif entry is not None:
+            message = (
+                f"no blueprint: the designer failed for this row in run {entry['run_id']}: {entry['error']}"
+            )
+            yield beam.pvalue.TaggedOutput(MISSING, Failure(record, STAGE_DESIGN, message))
+        else:
+            message = (
+                f"no blueprint for design_key {record.design_key[:16]}... under {output}/blueprints "
+                "(stage: paint needs an earlier stage: design run with the same source, instruction and designer)"
+            )
+            yield beam.pvalue.TaggedOutput(MISSING, Failure(record, STAGE_DESIGN, message))
+
+
+class LookupBlueprints(beam.PTransform):
+    """Records (with ``design_key``) in; main output: records with a blueprint from ``files``.
+
+    Tagged ``missing``: with ``required=False`` the records without one (to be designed now); with
+    ``required=True`` (``stage: paint``) a ``Failure`` at stage ``design`` saying why.
+    """
+
+    def __init__(self, files: list[str], output: str, *, required: bool):
+        super().__init__()
+        self._files = list(files)
+        self._output = output
+        self._required = required
+
+    def expand(self, records):
+        pipeline = records.pipeline
+        keyed_records = records | "KeyRecords" >> beam.Map(lambda r: (r.design_key, r))
+        if self._files:
+            entries = (
+                pipeline
+                | "BlueprintFiles" >> beam.Create(self._files)
+                | "ReadBlueprints" >> ReadAllFromParquet(columns=_READ_COLUMNS)
+                | "KeyEntries" >> beam.Map(lambda e: (e["design_key"], e))
+                | "Usable" >> beam.Filter(lambda kv: kv[0] is not None)
+            )
+        else:
+            entries = pipeline | "NoBlueprints" >> beam.Create([])
+        return (
+            {"records": keyed_records, "tables": entries}
+            | "JoinOnDesignKey" >> beam.CoGroupByKey()
+            | "Apply"
+            >> beam.FlatMap(_apply, self._required, self._output).with_outputs(MISSING, main="found")
+        )
