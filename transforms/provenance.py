@@ -68,7 +68,8 @@ def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) 
         tokens_in=record.tokens_in,
         tokens_out=record.tokens_out,
         design_s=record.design_s,
-        blueprint_run_id=record.blueprint_run_id or (context.run_id if record.blueprint is not None else None),
+        blueprint_run_id=record.blueprint_run_id
+        or (context.run_id if record.blueprint is not None else None),
         seed=record.seed if record.seed is not None else manifest.seed,
         render_key=record.render_key,
         paint_s=record.paint_s,
