@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
+        "--shard-index",
+        type=int,
+        help="this process's shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)",
+    )
+    run.add_argument("--num-shards", type=int, help="how many shards (default: $DIMFLOW_NUM_SHARDS)")
+    run.add_argument(
+        "--run-id",
+        default=os.environ.get("DIMFLOW_RUN_ID") or None,
+        help="use this run id (shards of one job must share it; default: $DIMFLOW_RUN_ID, else a new one)",
+    )
+    run.add_argument(
         "--stage",
         choices=("all", "design", "paint"),
         help="run only the design half (writes the blueprint table) or only the paint half (reads it); "
@@ -60,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -> int:
     from pipeline.run import run_job
     from pipeline.spec import SpecError, load_spec
+    from transforms.shards import shard_from_env
 
     try:
         overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
@@ -71,7 +83,17 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
         console.print(f"[yellow]warning:[/yellow] {TINY_WARNING}", highlight=False)
     console.print(f"dimflow: job [bold]{spec.name}[/bold], manifest {spec.manifest}", highlight=False)
     try:
-        result = run_job(spec, beam_args, console=console, show_progress=not args.no_progress)
+        shard = shard_from_env(args.shard_index, args.num_shards)
+        if shard is not None:
+            console.print(f"shard {shard.index} of {shard.count}, run {args.run_id}", highlight=False)
+        result = run_job(
+            spec,
+            beam_args,
+            console=console,
+            show_progress=not args.no_progress,
+            run_id=args.run_id,
+            shard=shard,
+        )
     except (ValueError, FileNotFoundError, NotImplementedError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_BAD_INPUT

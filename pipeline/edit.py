@@ -25,6 +25,7 @@ from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
 from transforms.provenance import RunContext, WriteProvenance, provenance_row
 from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
+from transforms.shards import Shard
 
 FAILED = "failed"
 MODES = ("edit", "t2i")
@@ -81,6 +82,11 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
         "dtype": p.dtype,
         "noise_device": p.noise_device,
     }
+
+
+def part_name(shard: Shard | None) -> str:
+    """Part-file prefix: ``part`` or ``part-shard-00003-of-00008`` (shards never overwrite each other)."""
+    return "part" if shard is None else f"part-{shard.name}"
 
 
 def row_mode(row: ManifestRow) -> str:
@@ -190,16 +196,21 @@ def build(
     versions_json: str,
     progress: beam.PTransform | None = None,
     blueprint_files: list[str] | None = None,
+    shard: Shard | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
     ``blueprint_files`` are earlier runs' blueprint tables (listed by the caller before the run starts):
     ``stage: paint`` takes every blueprint from them; the other stages reuse them when
-    ``designer.cache`` is on, so unchanged rows cost no designer call.
+    ``designer.cache`` is on, so unchanged rows cost no designer call. With ``shard`` only the rows
+    whose id hashes to it are processed, and part files are named after it.
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json)
     raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest)
+    if shard is not None:
+        raw = raw | "KeepShard" >> beam.Filter(shard.owns)
+    part = part_name(shard)
     validated = raw | "ValidateRows" >> manifest.ValidateRows(
         max_instruction_chars=limits.max_instruction_chars
     )
@@ -221,7 +232,7 @@ def build(
         )
         if spec.stage == "design" and progress is not None:  # a design run reports its blueprint rows
             blueprints = blueprints | "Progress" >> progress
-        blueprints | "WriteBlueprints" >> WriteBlueprints(spec.output, run_id)
+        blueprints | "WriteBlueprints" >> WriteBlueprints(spec.output, run_id, part)
     if spec.stage == "design":
         return
 
@@ -263,4 +274,4 @@ def build(
     )
     if progress is not None:
         rows = rows | "Progress" >> progress
-    rows | "WriteProvenance" >> WriteProvenance(spec.output, run_id)
+    rows | "WriteProvenance" >> WriteProvenance(spec.output, run_id, part)

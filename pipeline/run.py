@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import secrets
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
+from transforms.shards import Shard
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
 
@@ -47,6 +49,16 @@ class RunResult:
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus 6 random hex digits."""
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_id(run_id: str) -> str:
+    """A given run id names folders (``run={run_id}``): keep it to safe characters."""
+    if not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id must match {RUN_ID.pattern} (it names output folders), got {run_id!r}")
+    return run_id
 
 
 def pipeline_options(spec: JobSpec, beam_args: list[str]) -> PipelineOptions:
@@ -88,9 +100,12 @@ def read_blueprints(output: str, run_id: str | None = None) -> pa.Table:
     return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id)
 
 
-def read_run_table(output: str, table: str, schema: pa.Schema, run_id: str | None = None) -> pa.Table:
+def read_run_table(
+    output: str, table: str, schema: pa.Schema, run_id: str | None = None, part: str | None = None
+) -> pa.Table:
+    """Rows of ``table`` (provenance | blueprints) of one run or all; ``part`` limits it to one shard's files."""
     run_glob = f"run={run_id}" if run_id else "run=*"
-    pattern = FileSystems.join(output, table, run_glob, "*.parquet")
+    pattern = FileSystems.join(output, table, run_glob, f"{part}-*.parquet" if part else "*.parquet")
     tables = []
     for match in FileSystems.match([pattern])[0].metadata_list:
         with FileSystems.open(match.path) as handle:
@@ -112,11 +127,18 @@ def run_job(
     beam_args: list[str] | None = None,
     console: Console | None = None,
     show_progress: bool = True,
+    run_id: str | None = None,
+    shard: Shard | None = None,
 ) -> RunResult:
-    """Run ``spec`` to completion and return exact per-status counts from the provenance it wrote."""
+    """Run ``spec`` to completion and return exact per-status counts from the provenance it wrote.
+
+    Shards of one job pass the same ``run_id`` (their rows form one run) and each its own ``shard``.
+    """
     console = console or Console(stderr=True)
     beam_args = list(beam_args or [])
-    run_id = new_run_id()
+    if shard is not None and run_id is None:
+        raise ValueError("a sharded run needs a run id shared by all its shards (--run-id or DIMFLOW_RUN_ID)")
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
@@ -142,6 +164,7 @@ def run_job(
             versions_json=versions,
             progress=progress,
             blueprint_files=earlier_blueprints,
+            shard=shard,
         )
         if local:
             with LiveProgress(listener, console):
@@ -153,7 +176,7 @@ def run_job(
     # A design run's result is its blueprint table; the other stages' is the provenance.
     table_name = "blueprints" if spec.stage == "design" else "provenance"
     schema = BLUEPRINT_SCHEMA if spec.stage == "design" else PROVENANCE_SCHEMA
-    table = read_run_table(spec.output, table_name, schema, run_id)
+    table = read_run_table(spec.output, table_name, schema, run_id, part=edit.part_name(shard))
     counts = dict(Counter(table.column("status").to_pylist()))
     record = {
         "run_id": run_id,
@@ -164,12 +187,13 @@ def run_job(
         "checkpoint_sha256": keys.checkpoint_sha256,
         "counts": {status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
         "stage": spec.stage,
+        "shard": None if shard is None else {"index": shard.index, "count": shard.count},
         "rows": table.num_rows,
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "elapsed_s": round(elapsed, 3),
     }
-    record_uri = write_run_record(spec, run_id, record)
+    record_uri = write_run_record(spec, run_id if shard is None else f"{run_id}.{shard.name}", record)
     return RunResult(
         run_id=run_id,
         counts=record["counts"],

@@ -22,7 +22,7 @@ from transforms.provenance import RunContext, worker_name
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 
 MISSING = "missing"
-_READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint"]
+_READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
 
 
 def blueprint_files(output: str) -> list[str]:
@@ -70,9 +70,9 @@ def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -
 class WriteBlueprints(beam.PTransform):
     """Rows -> ``{output}/blueprints/run={run_id}/part-*.parquet`` with Beam's Parquet sink."""
 
-    def __init__(self, output: str, run_id: str):
+    def __init__(self, output: str, run_id: str, shard_name: str = "part"):
         super().__init__()
-        self._prefix = FileSystems.join(output, "blueprints", f"run={run_id}", "part")
+        self._prefix = FileSystems.join(output, "blueprints", f"run={run_id}", shard_name)
 
     def expand(self, rows):
         return rows | "WriteParquet" >> beam.io.WriteToParquet(
@@ -81,8 +81,11 @@ class WriteBlueprints(beam.PTransform):
 
 
 def _pick(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The newest ``ok`` entry of a design key (run ids sort by time), else the newest failure."""
-    entries = sorted(entries, key=lambda e: e.get("run_id") or "")
+    """The newest ``ok`` entry of a design key, else the newest failure (by finish time, then run id)."""
+    entries = sorted(
+        entries,
+        key=lambda e: (e.get("finished_at") is not None, e.get("finished_at") or 0, e.get("run_id") or ""),
+    )
     ok = [e for e in entries if e.get("status") == "ok" and (e.get("blueprint") or "").strip()]
     if ok:
         return ok[-1]

@@ -341,6 +341,11 @@ def _take(data: dict[str, Any], name: str, problems: list[str]) -> Any:
     return value
 
 
+def raw_id(data: dict[str, Any]) -> Any:
+    """The row's id value as validation reads it (``id`` or its alias ``key``), before any checks."""
+    return _take(data, "id", [])
+
+
 def _check_id(value: Any) -> tuple[str | None, str | None]:
     """(id, problem). Returns the text even when invalid, so failures can still name the row."""
     if value is None:
