@@ -61,6 +61,29 @@ def _parser() -> argparse.ArgumentParser:
         "same as --set stage=...",
     )
 
+    submit = verbs.add_parser(
+        "submit", help="run a job on Kubernetes: the design Job (CPU), then the Indexed paint Job (GPU)"
+    )
+    submit.add_argument("spec", nargs="?", help="job spec YAML (not with --in-cluster)")
+    submit.add_argument("--release", default="dimflow", help="Helm release name the chart is rendered with")
+    submit.add_argument("--namespace", help="namespace (default: the pod's own in-cluster, else 'default')")
+    submit.add_argument("--chart", help="chart folder (default: helm/dimflow of this checkout)")
+    submit.add_argument(
+        "-f", "--values", action="append", default=[], metavar="FILE", help="chart values file (repeatable)"
+    )
+    submit.add_argument(
+        "--dry-run", action="store_true", help="print the objects it would create; no API calls"
+    )
+    submit.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="use the pod's service account and read the Jobs from --jobs-configmap (what the CronJob does)",
+    )
+    submit.add_argument("--jobs-configmap", help="ConfigMap holding design-job.yaml and paint-job.yaml")
+    submit.add_argument("--context", help="kubeconfig context (default: the current one)")
+    submit.add_argument("--poll-s", type=float, default=10.0, help="seconds between Job status reads")
+    submit.add_argument("--timeout-s", type=float, help="give up waiting on a Job after this many seconds")
+
     validate = verbs.add_parser("validate", help="check a manifest without running any model")
     validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
     validate.add_argument("--max-instruction-chars", type=int, default=4000)
@@ -165,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     console = _console()
     if args.verb == "run":
         return _cmd_run(args, beam_args, console)
+    if args.verb == "submit" and not beam_args:
+        from pipeline.submit_cli import cmd_submit
+
+        return cmd_submit(args, console)
     if beam_args:
         console.print("error: arguments after -- are only for 'run'", highlight=False)
         return EXIT_BAD_INPUT
