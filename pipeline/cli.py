@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--poll-s", type=float, default=10.0, help="seconds between Job status reads")
     submit.add_argument("--timeout-s", type=float, help="give up waiting on a Job after this many seconds")
 
+    status = verbs.add_parser("status", help="the latest state of every id across all runs under an output")
+    status.add_argument("output", help="the job's output root (local or gs://)")
+    status.add_argument("--status", choices=("ok", "failed", "skipped"), help="list only ids in this state")
+    status.add_argument("--show", type=int, default=20, help="list at most this many ids")
+    status.add_argument("--parquet", metavar="PATH", help="also write the whole latest-per-id table here")
+
     validate = verbs.add_parser("validate", help="check a manifest without running any model")
     validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
     validate.add_argument("--max-instruction-chars", type=int, default=4000)
@@ -173,6 +179,49 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
 
 
+def _cmd_status(args: argparse.Namespace, console: Console) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.status import read_latest
+
+    try:
+        latest = read_latest(args.output)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    if latest.num_rows == 0:
+        console.print(f"no provenance under {args.output}", highlight=False)
+        return EXIT_BAD_INPUT
+    counts = {
+        s: int(pc.sum(pc.equal(latest.column("status"), s)).as_py() or 0) for s in ("ok", "failed", "skipped")
+    }
+    current = latest.num_rows - latest.column("current_output_uri").null_count
+    console.print(
+        f"{args.output}: {latest.num_rows} ids; latest state: {counts['ok']} ok, {counts['skipped']} skipped "
+        f"(already rendered), {counts['failed']} failed; {current} have a current image",
+        highlight=False,
+    )
+    shown = latest if not args.status else latest.filter(pc.equal(latest.column("status"), args.status))
+    table = Table(
+        title=f"ids{f' ({args.status})' if args.status else ''}, first {args.show}", title_justify="left"
+    )
+    for column in ("id", "status", "run", "current image / error"):
+        table.add_column(column, overflow="fold")
+    for row in shown.slice(0, args.show).to_pylist():
+        detail = (
+            row["current_output_uri"]
+            if row["status"] != "failed"
+            else f"{row['error_stage']}: {row['error']}"
+        )
+        table.add_row(row["id"], row["status"], row["run_id"], detail or "")
+    console.print(table)
+    if args.parquet:
+        pq.write_table(latest, args.parquet)
+        console.print(f"wrote {latest.num_rows} rows to {args.parquet}", highlight=False)
+    return EXIT_OK
+
+
 def _console() -> Console:
     """A stderr console; when stderr is a log file or pipe, lines are not wrapped at 80 columns."""
     if sys.stderr.isatty():
@@ -188,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     console = _console()
     if args.verb == "run":
         return _cmd_run(args, beam_args, console)
+    if args.verb == "status" and not beam_args:
+        return _cmd_status(args, console)
     if args.verb == "submit" and not beam_args:
         from pipeline.submit_cli import cmd_submit
 

@@ -18,9 +18,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from pipeline import schema
 from pipeline.spec import JobSpec
 from transforms import images, manifest
-from transforms.blueprints import LookupBlueprints, WriteBlueprints, blueprint_row
+from transforms.blueprints import JournalDesigns, LookupBlueprints, WriteBlueprints, blueprint_row
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
+from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
 from transforms.provenance import RunContext, WriteProvenance, provenance_row
@@ -111,7 +112,7 @@ def check_mode(row: ManifestRow, checkpoints: dict[str, str]) -> Iterable:
 
 
 def _design(
-    keyed: beam.PCollection, spec: JobSpec, keys: JobKeys, blueprint_files: list[str]
+    keyed: beam.PCollection, spec: JobSpec, keys: JobKeys, blueprint_files: list[str], run_id: str
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """Records with blueprints, and the design failures: from earlier tables, the designer, or both."""
     if spec.stage == "paint":
@@ -119,14 +120,18 @@ def _design(
         return found.found, [found.missing]
     to_design = keyed
     reused = []
-    if spec.designer.cache and spec.designer.kind != "none" and blueprint_files:
+    caching = spec.designer.cache and spec.designer.kind != "none"
+    if caching:  # earlier tables, then the journal of runs that did not finish
         found = keyed | "CachedBlueprints" >> LookupBlueprints(blueprint_files, spec.output, required=False)
         to_design, reused = found.missing, [found.found]
     designer_config = spec.designer.model_dump()
     new = to_design | "Design" >> DesignRecords(
         lambda: make_provider(designer_config), keys.design_key, max_batch_size=spec.designer.max_concurrency
     )
-    designed = (*reused, new.designed) | "Designed" >> beam.Flatten()
+    fresh = new.designed
+    if caching:
+        fresh = fresh | "JournalDesigns" >> beam.ParDo(JournalDesigns(spec.output, run_id))
+    designed = (*reused, fresh) | "Designed" >> beam.Flatten()
     return designed, [new.failed]
 
 
@@ -197,13 +202,15 @@ def build(
     progress: beam.PTransform | None = None,
     blueprint_files: list[str] | None = None,
     shard: Shard | None = None,
+    provenance_files: list[str] | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
     ``blueprint_files`` are earlier runs' blueprint tables (listed by the caller before the run starts):
     ``stage: paint`` takes every blueprint from them; the other stages reuse them when
     ``designer.cache`` is on, so unchanged rows cost no designer call. With ``shard`` only the rows
-    whose id hashes to it are processed, and part files are named after it.
+    whose id hashes to it are processed, and part files are named after it. ``provenance_files`` are
+    earlier runs' provenance, which an incremental run joins on render key to skip rendered rows.
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json)
@@ -221,9 +228,15 @@ def build(
         max_image_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels
     )
     keyed = fetched.ok | "Keys" >> beam.Map(keys.with_keys)
+    skipped = []
+    if spec.incremental and spec.stage != "design":  # a design run has no render keys
+        done = keyed | "SkipRendered" >> SkipRendered(
+            spec.output, spec.painter.output_format, provenance_files or []
+        )
+        keyed, skipped = done.todo, [done.skipped]
     early_failures = [validated.failed, moded.failed, fetched.failed]
 
-    designed, design_failures = _design(keyed, spec, keys, blueprint_files or [])
+    designed, design_failures = _design(keyed, spec, keys, blueprint_files or [], run_id)
     if spec.stage in ("all", "design"):
         blueprints = (
             (designed, *early_failures, *design_failures)
@@ -268,7 +281,7 @@ def build(
         written.failed,
     ) | "AllFailures" >> beam.Flatten()
     rows = (
-        (written.ok, failures)
+        (written.ok, *skipped, failures)
         | "Finished" >> beam.Flatten()
         | "ProvenanceRows" >> beam.Map(lambda item: provenance_row(item, context, time.time()))
     )

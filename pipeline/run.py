@@ -26,6 +26,7 @@ from pipeline.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from pipeline.spec import JobSpec
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
+from transforms.incremental import provenance_files
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.shards import Shard
@@ -165,6 +166,7 @@ def run_job(
             progress=progress,
             blueprint_files=earlier_blueprints,
             shard=shard,
+            provenance_files=provenance_files(spec.output) if spec.incremental else [],
         )
         if local:
             with LiveProgress(listener, console):

@@ -119,7 +119,8 @@ def test_design_then_paint(tmp_path, server, capsys):
     spec = load_spec(job)
     out = Path(spec.output)
     assert not (out / "images").exists() and not (out / "provenance").exists()
-    (design_run,) = [p.name.removeprefix("run=") for p in (out / "blueprints").iterdir()]
+    (design_run,) = [p.name.removeprefix("run=") for p in (out / "blueprints").glob("run=*")]
+    assert len(list((out / "blueprints" / "journal").glob("*/*.json"))) == 2  # a and b, journaled at once
     designed = _by_id(read_blueprints(spec.output, design_run))
     assert designed["a"]["status"] == "ok" and designed["refused"]["status"] == "failed"
     record = json.loads((out / "runs" / f"{design_run}.json").read_text())

@@ -4,12 +4,15 @@
 run: ``ok`` rows carry the blueprint, ``failed`` rows the stage and error. Later runs join their
 records to these tables on ``design_key`` (inside the pipeline, so the table never has to fit in one
 worker's memory): a full run reuses blueprints instead of calling the designer again, and
-``stage: paint`` takes all its blueprints from them.
+``stage: paint`` takes all its blueprints from them. Each fresh design is also journaled at once under
+``blueprints/journal/`` so a run killed before its table was written loses no designer call.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +23,7 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from pipeline.schema import BLUEPRINT_SCHEMA
 from transforms.provenance import RunContext, worker_name
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
+from transforms.storage import write_atomic
 
 MISSING = "missing"
 _READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
@@ -92,20 +96,72 @@ def _pick(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     return entries[-1] if entries else None
 
 
+def journal_uri(output: str, design_key: str) -> str:
+    """Where one design is recorded the moment it is made (a crash loses no paid-for designer call)."""
+    return FileSystems.join(output, "blueprints", "journal", design_key[:2], f"{design_key}.json")
+
+
+def read_journal(output: str, design_key: str) -> dict[str, Any] | None:
+    uri = journal_uri(output, design_key)
+    if not FileSystems.exists(uri):
+        return None
+    with FileSystems.open(uri) as handle:
+        entry = json.loads(handle.read().decode("utf-8"))
+    return entry if (entry.get("blueprint") or "").strip() else None
+
+
+class JournalDesigns(beam.DoFn):
+    """Record each fresh design under ``blueprints/journal/`` as soon as it is made, then pass it on.
+
+    The blueprint table is written when the run ends; the journal is what a rerun after a crash
+    (or a preempted node) finds, so it asks the designer nothing it already paid for.
+    """
+
+    def __init__(self, output: str, run_id: str):
+        self._output = output
+        self._run_id = run_id
+
+    def process(self, record: EditRecord) -> Iterable[EditRecord]:
+        assert record.design_key is not None
+        entry = {
+            "design_key": record.design_key,
+            "designer": record.designer,
+            "blueprint": record.blueprint,
+            "run_id": self._run_id,
+            "finished_at": time.time(),
+        }
+        write_atomic(
+            journal_uri(self._output, record.design_key), json.dumps(entry).encode(), "application/json"
+        )
+        yield record
+
+
+def _reuse(record: EditRecord, blueprint: str, designer: str | None, run_id: str) -> EditRecord:
+    return record.evolve(
+        blueprint=blueprint,
+        designer=designer,
+        designer_attempts=0,  # no designer call in this run
+        tokens_in=0,
+        tokens_out=0,
+        design_s=0.0,
+        blueprint_run_id=run_id,
+    )
+
+
 def _apply(element: tuple[str, dict[str, list]], required: bool, output: str) -> Iterable:
-    _key, grouped = element
+    key, grouped = element
     entry = _pick(grouped["tables"])
+    if grouped["records"] and not (entry is not None and entry.get("status") == "ok"):
+        journal = read_journal(output, key)  # made by a run that did not finish
+        if journal is not None:
+            for record in grouped["records"]:
+                yield _reuse(
+                    record, journal["blueprint"], journal.get("designer"), journal.get("run_id") or ""
+                )
+            return
     for record in grouped["records"]:
         if entry is not None and entry.get("status") == "ok":
-            yield record.evolve(
-                blueprint=entry["blueprint"],
-                designer=entry["designer"],
-                designer_attempts=0,  # no designer call in this run
-                tokens_in=0,
-                tokens_out=0,
-                design_s=0.0,
-                blueprint_run_id=entry["run_id"],
-            )
+            yield _reuse(record, entry["blueprint"], entry["designer"], entry["run_id"])
         elif not required:
             yield beam.pvalue.TaggedOutput(MISSING, record)
         elif entry is not None:

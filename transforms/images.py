@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from transforms.records import STAGE_FETCH, EditRecord, Failure
+from transforms.storage import write_atomic
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
 JPEG_QUALITY = 95
@@ -47,7 +47,6 @@ _RENDER_KEY = re.compile(r"[0-9a-f]{16,}")
 _CHUNK = 1 << 20
 # Schemes whose uploads only become visible when complete: write in place, no temp+rename (which on
 # object stores is a full copy plus a delete).
-_ATOMIC_UPLOAD_SCHEMES = ("gs://", "s3://", "azfs://")
 
 
 class ImageError(ValueError):
@@ -282,24 +281,5 @@ def write_output(output_root: str, row_id: str, render_key: str, fmt: str, data:
     and are renamed into place (atomic on POSIX; a rerun replaces an existing file with the same bytes).
     """
     final = output_uri(output_root, row_id, render_key, fmt)
-    mime = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[fmt]
-    if final.startswith(_ATOMIC_UPLOAD_SCHEMES):
-        _write(final, data, mime)
-        return final
-    temp = FileSystems.join(output_root, "images", row_id, f".{render_key[:16]}.{fmt}.tmp-{uuid.uuid4().hex}")
-    try:
-        _write(temp, data, mime)
-        FileSystems.rename([temp], [final])
-    except BaseException:
-        try:
-            if FileSystems.exists(temp):
-                FileSystems.delete([temp])
-        except Exception:  # the original error matters more than a leftover temp file
-            pass
-        raise
+    write_atomic(final, data, {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[fmt])
     return final
-
-
-def _write(uri: str, data: bytes, mime: str) -> None:
-    with FileSystems.create(uri, mime_type=mime, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)

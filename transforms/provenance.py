@@ -50,7 +50,7 @@ def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) 
         if record is None:  # failed before it became a valid row: the error names file and row
             return row
     else:
-        row["status"] = "ok"
+        row["status"] = "skipped" if record.skipped else "ok"
     manifest = record.row
     row.update(
         id=manifest.id,

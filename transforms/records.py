@@ -73,6 +73,7 @@ class EditRecord:
     output_sha256: str | None = None
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
+    skipped: bool = False  # incremental: its image already existed under the output
 
     @property
     def id(self) -> str:

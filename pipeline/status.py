@@ -1,0 +1,59 @@
+"""`dimflow status OUTPUT`: the latest state of every id across all runs under an output.
+
+This is the view catalog users ask for ("the current render of each product"): for each id, the
+newest provenance row (its status, stage and error), and the newest image that is current (the
+output of its latest ``ok`` or ``skipped`` row, which may come from an earlier run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.run import read_provenance
+
+LATEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("status", pa.string()),  # of the newest row
+        ("error_stage", pa.string()),
+        ("error", pa.string()),
+        ("run_id", pa.string()),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("current_output_uri", pa.string()),  # newest ok/skipped image, even if the newest row failed
+        ("current_render_key", pa.string()),
+        ("current_run_id", pa.string()),
+    ]
+)
+
+
+def latest_per_id(provenance: pa.Table) -> pa.Table:
+    """One row per id (rows without an id, i.e. unparseable manifest lines, are left out)."""
+    rows = [r for r in provenance.to_pylist() if r["id"] is not None]
+    rows.sort(key=lambda r: (r["finished_at"] is not None, r["finished_at"], r["run_id"] or ""))
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:  # oldest first: later rows overwrite
+        entry = latest.setdefault(
+            row["id"], {"current_output_uri": None, "current_render_key": None, "current_run_id": None}
+        )
+        entry.update(
+            id=row["id"],
+            status=row["status"],
+            error_stage=row["error_stage"],
+            error=row["error"],
+            run_id=row["run_id"],
+            finished_at=row["finished_at"],
+        )
+        if row["status"] in ("ok", "skipped") and row["output_uri"]:
+            entry.update(
+                current_output_uri=row["output_uri"],
+                current_render_key=row["render_key"],
+                current_run_id=row["run_id"],
+            )
+    ordered = [latest[key] for key in sorted(latest)]
+    return pa.Table.from_pylist(ordered, schema=LATEST_SCHEMA)
+
+
+def read_latest(output: str) -> pa.Table:
+    return latest_per_id(read_provenance(output))
