@@ -219,7 +219,7 @@ def build(
         raw = raw | "KeepShard" >> beam.Filter(shard.owns)
     part = part_name(shard)
     validated = raw | "ValidateRows" >> manifest.ValidateRows(
-        max_instruction_chars=limits.max_instruction_chars
+        max_instruction_chars=limits.max_instruction_chars, source_roots=limits.source_roots
     )
     moded = validated.valid | "CheckMode" >> beam.FlatMap(
         check_mode, spec.painter.checkpoints()

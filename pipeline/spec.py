@@ -106,6 +106,9 @@ class LimitsSpec(_Strict):
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1)
     max_instruction_chars: int = Field(4000, ge=1)
+    # When set, every source must lie under one of these (local folders or URI prefixes such as
+    # gs://bucket/catalog/); anything else fails at validate. Null: any path Beam can read.
+    source_roots: list[str] | None = None
 
 
 class JobSpec(_Strict):
@@ -132,6 +135,8 @@ class JobSpec(_Strict):
         data = self.model_dump()
         data["manifest"] = absolute(self.manifest)
         data["output"] = absolute(self.output)
+        if self.limits.source_roots is not None:
+            data["limits"]["source_roots"] = [absolute(root) for root in self.limits.source_roots]
         for field in ("checkpoint", "t2i_checkpoint"):
             checkpoint = getattr(self.painter, field)
             if checkpoint and (checkpoint.startswith((".", "/")) or Path(base_dir, checkpoint).is_dir()):

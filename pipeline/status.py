@@ -29,9 +29,22 @@ LATEST_SCHEMA = pa.schema(
 
 
 def latest_per_id(provenance: pa.Table) -> pa.Table:
-    """One row per id (rows without an id, i.e. unparseable manifest lines, are left out)."""
-    rows = [r for r in provenance.to_pylist() if r["id"] is not None]
-    rows.sort(key=lambda r: (r["finished_at"] is not None, r["finished_at"], r["run_id"] or ""))
+    """One row per id (rows without an id, i.e. unparseable manifest lines, are left out).
+
+    Within one run an id has several rows only when the manifest repeated it: the row that was
+    processed (ok/skipped) speaks for the id, not the later duplicates that failed.
+    """
+    per_run: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in provenance.to_pylist():
+        if row["id"] is None:
+            continue
+        key = (row["run_id"] or "", row["id"])
+        seen = per_run.get(key)
+        if seen is None or (seen["status"] == "failed" and row["status"] != "failed"):
+            per_run[key] = row
+    rows = sorted(
+        per_run.values(), key=lambda r: (r["finished_at"] is not None, r["finished_at"], r["run_id"] or "")
+    )
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:  # oldest first: later rows overwrite
         entry = latest.setdefault(

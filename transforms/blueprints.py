@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from pipeline.schema import BLUEPRINT_SCHEMA
-from transforms.provenance import RunContext, worker_name
+from transforms.provenance import RunContext, safe_text, worker_name
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.storage import write_atomic
 
@@ -40,6 +40,10 @@ def blueprint_files(output: str) -> list[str]:
 
 def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     """A designed record or a failure (before or at design) as a row of ``BLUEPRINT_SCHEMA``."""
+    return safe_text(_blueprint_row(item, context, now))
+
+
+def _blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     failure = item if isinstance(item, Failure) else None
     record = item.record if failure is not None else item
     row: dict[str, Any] = {name: None for name in BLUEPRINT_SCHEMA.names}

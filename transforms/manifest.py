@@ -37,7 +37,8 @@ import math
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import IO, Any
@@ -358,6 +359,23 @@ def _check_id(value: Any) -> tuple[str | None, str | None]:
     return text, None
 
 
+# Bidirectional overrides/isolates can make logged text read differently from what the model gets.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _odd_character(text: str) -> str | None:
+    """Why ``text`` cannot be an instruction (surrogates, control or bidi characters), or None."""
+    for position, ch in enumerate(text):
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return f"not valid Unicode text (lone surrogate U+{code:04X} at character {position})"
+        if unicodedata.category(ch) == "Cc" and ch not in "\n\t\r":
+            return f"contains control character U+{code:04X} at character {position}"
+        if ch in _BIDI_CONTROLS:
+            return f"contains bidirectional control character U+{code:04X} at character {position}"
+    return None
+
+
 def _check_instruction(value: Any, max_chars: int) -> tuple[str | None, str | None]:
     if value is None:
         return None, "required (or its alias 'prompt')"
@@ -366,6 +384,11 @@ def _check_instruction(value: Any, max_chars: int) -> tuple[str | None, str | No
     text = value.strip()
     if not text:
         return None, "empty"
+    odd = _odd_character(text)
+    if odd:
+        return None, odd
+    if not any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text):
+        return None, "empty (only invisible characters such as zero-width spaces)"
     if len(text) > max_chars:
         return None, f"{len(text)} characters, over limits.max_instruction_chars={max_chars}"
     return text, None
@@ -450,7 +473,23 @@ def resolve_source(source: str, manifest_dir: str) -> str:
     return f"{prefix}{root}/{joined}"
 
 
-def _check_source(value: Any, manifest_dir: str) -> tuple[str | None, str | None]:
+def under_roots(uri: str, roots: Sequence[str]) -> bool:
+    """Is ``uri`` inside one of ``roots`` (path prefixes, compared segment-wise after normalizing)?"""
+
+    def norm(path: str) -> str:
+        match = _URI.match(path)
+        if match:
+            prefix = match.group(0)
+            return prefix + posixpath.normpath("/" + path[len(prefix) :]).lstrip("/")
+        return os.path.normpath(os.path.abspath(path))
+
+    target = norm(uri)
+    return any(target == (root := norm(r)) or target.startswith(root.rstrip("/") + "/") for r in roots)
+
+
+def _check_source(
+    value: Any, manifest_dir: str, source_roots: Sequence[str] | None = None
+) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if not isinstance(value, str):
@@ -462,7 +501,11 @@ def _check_source(value: Any, manifest_dir: str) -> tuple[str | None, str | None
     except ValueError as exc:
         return None, str(exc)
     problem = _scheme_problem(resolved)
-    return (None, problem) if problem else (resolved, None)
+    if problem:
+        return None, problem
+    if source_roots is not None and not under_roots(resolved, source_roots):
+        return None, f"{_show(resolved)} is outside limits.source_roots ({', '.join(source_roots)})"
+    return resolved, None
 
 
 @dataclass(frozen=True)
@@ -496,7 +539,11 @@ def format_problems(problems: list[Problem]) -> str:
 
 
 def check_row(
-    raw: RawRow, *, manifest_dir: str | None = None, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+    raw: RawRow,
+    *,
+    manifest_dir: str | None = None,
+    max_instruction_chars: int = MAX_INSTRUCTION_CHARS,
+    source_roots: Sequence[str] | None = None,
 ) -> RowCheck:
     """Check one row against the manifest contract, collecting every problem (not just the first)."""
     ref = raw.ref
@@ -519,7 +566,7 @@ def check_row(
     blank = any(isinstance(data.get(n), str) for n in ("instruction", "prompt"))
     if instruction_problem and instruction_problem.startswith("required") and blank:
         instruction_problem = "empty (blank after stripping whitespace)"
-    source, source_problem = _check_source(take("source"), manifest_dir)
+    source, source_problem = _check_source(take("source"), manifest_dir, source_roots)
     seed, seed_problem = _check_seed(take("seed"))
     metadata, metadata_problem = _check_metadata(take("metadata"))
     for name, problem in (
@@ -625,11 +672,12 @@ class ReadManifest(beam.PTransform):
 class _Check(beam.DoFn):
     KEYED = "keyed"
 
-    def __init__(self, max_instruction_chars: int):
+    def __init__(self, max_instruction_chars: int, source_roots: Sequence[str] | None):
         self._max = max_instruction_chars
+        self._roots = source_roots
 
     def process(self, raw: RawRow) -> Iterator[Any]:
-        checked = check_row(raw, max_instruction_chars=self._max)
+        checked = check_row(raw, max_instruction_chars=self._max, source_roots=self._roots)
         if checked.id is not None:
             yield beam.pvalue.TaggedOutput(self.KEYED, (checked.id, checked))
         else:
@@ -658,12 +706,16 @@ class ValidateRows(beam.PTransform):
     violations at ``validate``.
     """
 
-    def __init__(self, max_instruction_chars: int = MAX_INSTRUCTION_CHARS):
+    def __init__(
+        self, max_instruction_chars: int = MAX_INSTRUCTION_CHARS, source_roots: Sequence[str] | None = None
+    ):
+        """``source_roots``: when given, every source must lie under one of these paths/URI prefixes."""
         super().__init__()
         self._max = max_instruction_chars
+        self._roots = list(source_roots) if source_roots is not None else None
 
     def expand(self, raw_rows: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        checked = raw_rows | "Check" >> beam.ParDo(_Check(self._max)).with_outputs(
+        checked = raw_rows | "Check" >> beam.ParDo(_Check(self._max, self._roots)).with_outputs(
             _Check.KEYED, main="unkeyed"
         )
         resolved = (

@@ -38,8 +38,21 @@ def worker_name() -> str:
     return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
+def safe_text(row: dict[str, Any]) -> dict[str, Any]:
+    """Strings that Parquet can store: a hostile manifest's lone surrogates become visible escapes
+    (``\\ud800``) instead of failing the whole write."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            row[name] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return row
+
+
 def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     """Flatten a finished record or a failure into a provenance row (a dict keyed by column name)."""
+    return safe_text(_provenance_row(item, context, now))
+
+
+def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     failure = item if isinstance(item, Failure) else None
     record = item.record if isinstance(item, Failure) else item
     row: dict[str, Any] = {name: None for name in PROVENANCE_SCHEMA.names}
