@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--show", type=int, default=20, help="list at most this many ids")
     status.add_argument("--parquet", metavar="PATH", help="also write the whole latest-per-id table here")
 
+    report = verbs.add_parser("report", help="what a run did: status, failures, throughput, latency, cost")
+    report.add_argument("output", help="the job's output root (local or gs://)")
+    report.add_argument("--run", dest="run_id", help="run id (default: the newest run)")
+    report.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    report.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report here")
+    report.add_argument("--max-pairs", type=int, default=48, help="before/after pairs per HTML page")
+    report.add_argument("--page", type=int, default=1, help="which page of before/after pairs")
+
     validate = verbs.add_parser("validate", help="check a manifest without running any model")
     validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
     validate.add_argument("--max-instruction-chars", type=int, default=4000)
@@ -179,6 +187,71 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
 
 
+def _cmd_report(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from pipeline.progress import summary_table
+    from pipeline.report import build_report
+
+    try:
+        report, run_table = build_report(args.output, args.run_id)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    if args.html:
+        from apache_beam.io.filesystems import FileSystems
+
+        from pipeline.report_html import render_html
+
+        page = render_html(report, run_table, max_pairs=args.max_pairs, page=args.page)
+        with FileSystems.create(args.html, mime_type="text/html") as handle:
+            handle.write(page.encode("utf-8"))
+    if args.json:
+        print(json.dumps(report.as_json(), sort_keys=True))
+        return EXIT_OK
+    console.print(summary_table(f"run {report.run_id}", report.by_status, report.wall_s))
+    figures = Table(title="figures", title_justify="left")
+    figures.add_column("")
+    figures.add_column("design", justify="right")
+    figures.add_column("paint", justify="right")
+    for label, key in (("rows", "rows"), ("rows / wall hour", "rows_per_hour"), ("busy seconds", "busy_s")):
+        figures.add_row(label, *(_fmt(report.stages[s][key]) for s in ("design", "paint")))
+    for q in ("p50", "p90", "p99", "max"):
+        figures.add_row(f"latency {q} (s)", *(_fmt(report.latency_s[s][q]) for s in ("design", "paint")))
+    console.print(figures)
+    cost = "n/a (no price for a designer in the spec)" if report.cost is None else f"${report.cost:,.4f}"
+    console.print(
+        f"rows/hour {_fmt(report.rows_per_hour)}; designer tokens {report.tokens_in:,} in / {report.tokens_out:,} out, "
+        f"estimated cost {cost}; retried rows {report.retried_rows:,} ({report.retries:,} retries); "
+        f"skipped {report.by_status['skipped']:,}",
+        highlight=False,
+    )
+    if report.failures_by_kind:
+        kinds = Table(title="failures by stage and kind", title_justify="left")
+        for column in ("stage", "error kind", "rows"):
+            kinds.add_column(column, overflow="fold")
+        for kind in report.failures_by_kind[:20]:
+            kinds.add_row(kind["stage"], kind["kind"], f"{kind['rows']:,}")
+        console.print(kinds)
+    if report.previous:
+        prev = report.previous
+        console.print(
+            f"previous run {prev['run_id']}: {prev['rows']:,} rows ({prev['by_status']['ok']:,} ok, "
+            f"{prev['by_status']['failed']:,} failed, {prev['by_status']['skipped']:,} skipped), "
+            f"{_fmt(prev['rows_per_hour'])} rows/hour",
+            highlight=False,
+        )
+    if args.html:
+        console.print(f"html report: {args.html}", highlight=False)
+    return EXIT_OK
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+
+
 def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -237,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     console = _console()
     if args.verb == "run":
         return _cmd_run(args, beam_args, console)
+    if args.verb == "report" and not beam_args:
+        return _cmd_report(args, console)
     if args.verb == "status" and not beam_args:
         return _cmd_status(args, console)
     if args.verb == "submit" and not beam_args:

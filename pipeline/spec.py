@@ -111,6 +111,13 @@ class LimitsSpec(_Strict):
     source_roots: list[str] | None = None
 
 
+class PriceSpec(_Strict):
+    """What a designer model costs, for the report's cost estimate."""
+
+    input_per_million_tokens: float = Field(..., ge=0)
+    output_per_million_tokens: float = Field(..., ge=0)
+
+
 class JobSpec(_Strict):
     """A dimflow job."""
 
@@ -123,6 +130,8 @@ class JobSpec(_Strict):
     painter: PainterSpec = Field(default_factory=PainterSpec)
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    # provenance `designer` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost from it
+    prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
     def resolve_paths(self, base_dir: str | Path) -> JobSpec:
         """Make relative local manifest/output/checkpoint paths absolute against the spec's folder."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
@@ -67,7 +68,12 @@ def _templates_from_chart(args: argparse.Namespace, namespace: str) -> JobTempla
         )
     except Exception as exc:  # the Helm SDK raises its own error types (bad values, template errors)
         raise SubmitError(f"rendering the chart failed: {type(exc).__name__}: {exc}") from exc
-    return templates_from_objects(objects)
+    templates = templates_from_objects(objects)
+    # Helm merges values with the chart's default jobSpec key by key; the pods must get exactly the
+    # spec that was submitted (and validated above), not a blend.
+    assert templates.spec_configmap is not None
+    templates.spec_configmap.setdefault("data", {})["job.yaml"] = Path(args.spec).read_text()
+    return templates
 
 
 def _print_objects(templates: JobTemplates, run_id: str) -> None:
@@ -89,5 +95,6 @@ def _clients(*, in_cluster: bool, context: str | None):
     if in_cluster:
         config.load_incluster_config()
     else:
-        config.load_kube_config(context=context)
+        # KUBECONFIG read now (the client reads it once, at import); unset: ~/.kube/config
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, context=context)
     return client.BatchV1Api(), client.CoreV1Api()

@@ -184,3 +184,46 @@ def test_instantiate_checks_the_manifest():
         instantiate({"kind": "Pod"}, RUN)
     long = instantiate(job("d" * 60), RUN)
     assert len(long["metadata"]["name"]) <= 63
+
+
+def test_cli_submit_renders_the_chart_and_exits_with_the_runs_outcome(tmp_path, monkeypatch, capsys):
+    """`dimflow submit JOB.yaml` from a laptop: kubeconfig -> loopback fake API, manifests from helm/dimflow."""
+    from pathlib import Path
+
+    from pipeline import cli
+
+    job = Path(__file__).resolve().parents[1] / "jobs" / "bulk-edit.yaml"
+    failed = {
+        "failed": 2,
+        "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
+    }
+    for paint_status, expected in ((PAINT_DONE, 0), (failed, 1)):
+        with FakeKubernetes(
+            statuses={"dimflow-design": [RUNNING, DONE], "dimflow-paint": [RUNNING, paint_status]}
+        ) as fake:
+            kubeconfig = tmp_path / "kubeconfig"
+            kubeconfig.write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "clusters": [{"name": "fake", "cluster": {"server": fake.host}}],
+                        "users": [{"name": "me", "user": {"token": "t"}}],
+                        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+                        "current-context": "fake",
+                    }
+                )
+            )
+            monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+            code = cli.main(["submit", str(job), "--namespace", NS, "--poll-s", "0"])
+        assert code == expected, capsys.readouterr().err
+        methods = [(c.method, c.path.rsplit("/", 1)[-1]) for c in fake.calls]
+        assert methods[:2] == [("PUT", "dimflow-spec"), ("POST", "configmaps")]  # the submitted spec first
+        spec_map = fake.config_maps["dimflow-spec"]
+        assert spec_map["data"]["job.yaml"] == job.read_text()  # exactly the submitted spec, not a merge
+        design, paint = sorted(fake.jobs)
+        assert design.startswith("dimflow-design-") and paint.startswith("dimflow-paint-")
+        assert design.removeprefix("dimflow-design-") == paint.removeprefix("dimflow-paint-")  # one run id
+        assert fake.jobs[paint]["spec"]["completionMode"] == "Indexed"
+        text = capsys.readouterr().err
+        assert ("finished" in text) if expected == 0 else ("BackoffLimitExceeded" in text)

@@ -90,6 +90,8 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         output_sha256=record.output_sha256,
         started_at=_timestamp(record.started_at),
     )
+    if record.finished_at is not None:  # when its image was written (failures: when the row was recorded)
+        row["finished_at"] = _timestamp(record.finished_at)
     for name, value in record.paint.items():
         if name in PROVENANCE_SCHEMA.names:
             row[name] = value
