@@ -178,6 +178,12 @@ def test_sigkill_mid_run_then_rerun_loses_and_repeats_nothing(tmp_path):
         rerun = read_provenance(spec.output, result.run_id).to_pylist()
 
     statuses = {r["id"]: r["status"] for r in rerun}
+    print(
+        f"crash/rerun: {rows} rows to paint; killed with {len(images_before)} images written and "
+        f"{designer_calls_before} designer calls made; rerun painted "
+        f"{sum(s == 'ok' for s in statuses.values())}, skipped {sum(s == 'skipped' for s in statuses.values())}, "
+        f"designer calls {len(server.requests) - designer_calls_before}"
+    )
     assert len(rerun) == rows + 1 and statuses.pop("broken") == "failed"
     assert {i for i, s in statuses.items() if s == "skipped"} == images_before  # not painted twice
     assert sum(s == "ok" for s in statuses.values()) == rows - len(images_before)  # the rest, once
