@@ -16,17 +16,19 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from pipeline import schema
+from pipeline.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from pipeline.spec import JobSpec
 from transforms import images, manifest
-from transforms.blueprints import JournalDesigns, LookupBlueprints, WriteBlueprints, blueprint_row
+from transforms.blueprints import JournalDesigns, LookupBlueprints, blueprint_row
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
-from transforms.provenance import RunContext, WriteProvenance, provenance_row
+from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
 from transforms.shards import Shard
+from transforms.tables import WriteRunTable
 
 FAILED = "failed"
 MODES = ("edit", "t2i")
@@ -245,7 +247,9 @@ def build(
         )
         if spec.stage == "design" and progress is not None:  # a design run reports its blueprint rows
             blueprints = blueprints | "Progress" >> progress
-        blueprints | "WriteBlueprints" >> WriteBlueprints(spec.output, run_id, part)
+        blueprints | "WriteBlueprints" >> WriteRunTable(
+            spec.output, "blueprints", run_id, BLUEPRINT_SCHEMA, part
+        )
     if spec.stage == "design":
         return
 
@@ -287,4 +291,4 @@ def build(
     )
     if progress is not None:
         rows = rows | "Progress" >> progress
-    rows | "WriteProvenance" >> WriteProvenance(spec.output, run_id, part)
+    rows | "WriteProvenance" >> WriteRunTable(spec.output, "provenance", run_id, PROVENANCE_SCHEMA, part)

@@ -24,6 +24,7 @@ from pipeline.schema import BLUEPRINT_SCHEMA
 from transforms.provenance import RunContext, safe_text, worker_name
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.storage import write_atomic
+from transforms.tables import run_table_files
 
 MISSING = "missing"
 _READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
@@ -31,11 +32,7 @@ _READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "bluepri
 
 def blueprint_files(output: str) -> list[str]:
     """Every blueprint part file of every earlier run under ``output`` (none: an empty list)."""
-    pattern = FileSystems.join(output, "blueprints", "run=*", "*.parquet")
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # some filesystems raise instead of matching nothing
-        return []
+    return run_table_files(output, "blueprints")
 
 
 def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
@@ -73,19 +70,6 @@ def _blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) 
         design_s=record.design_s,
     )
     return row
-
-
-class WriteBlueprints(beam.PTransform):
-    """Rows -> ``{output}/blueprints/run={run_id}/part-*.parquet`` with Beam's Parquet sink."""
-
-    def __init__(self, output: str, run_id: str, shard_name: str = "part"):
-        super().__init__()
-        self._prefix = FileSystems.join(output, "blueprints", f"run={run_id}", shard_name)
-
-    def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix, BLUEPRINT_SCHEMA, file_name_suffix=".parquet", shard_name_template="-SSSSS-of-NNNNN"
-        )
 
 
 def _pick(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

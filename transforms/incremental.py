@@ -18,17 +18,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms import images
+from transforms.tables import run_table_files
 
 TODO = "todo"
 _COLUMNS = ["status", "render_key", "output_uri", "output_sha256", "blueprint", "designer", "design_key"]
 
 
 def provenance_files(output: str) -> list[str]:
-    pattern = FileSystems.join(output, "provenance", "run=*", "*.parquet")
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except Exception:  # some filesystems raise instead of matching nothing
-        return []
+    return run_table_files(output, "provenance")
 
 
 def _sha256(uri: str) -> str:

@@ -13,9 +13,6 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline.schema import PROVENANCE_SCHEMA
 from transforms.records import EditRecord, Failure
 
@@ -96,22 +93,6 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         if name in PROVENANCE_SCHEMA.names:
             row[name] = value
     return row
-
-
-class WriteProvenance(beam.PTransform):
-    """Rows -> ``{output}/provenance/run={run_id}/part-*.parquet`` with Beam's own Parquet sink."""
-
-    def __init__(self, output: str, run_id: str, shard_name: str = "part"):
-        super().__init__()
-        self._prefix = FileSystems.join(output, "provenance", f"run={run_id}", shard_name)
-
-    def expand(self, rows):
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix,
-            PROVENANCE_SCHEMA,
-            file_name_suffix=".parquet",
-            shard_name_template="-SSSSS-of-NNNNN",
-        )
 
 
 def versions_json() -> str:
