@@ -84,6 +84,12 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
         "resolution": p.resolution,
         "dtype": p.dtype,
         "noise_device": p.noise_device,
+        "aspect": p.aspect,
+        "compile": p.compile,  # compiled kernels round differently
+        # tiling changes pixels only for outputs above the threshold (buckets stay within ~5% of R**2)
+        "vae_tile_pixels": p.vae_tile_pixels
+        if p.vae_tile_pixels is not None and p.resolution**2 * 1.05 > p.vae_tile_pixels
+        else None,
     }
 
 
@@ -144,12 +150,17 @@ def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
         checkpoint=painter.checkpoints()[mode],
         task=mode,
         params=PaintParams(
-            steps=painter.steps, guidance_scale=painter.guidance_scale, resolution=painter.resolution
+            steps=painter.steps,
+            guidance_scale=painter.guidance_scale,
+            resolution=painter.resolution,
+            aspect=painter.aspect,
         ),
         dtype=painter.dtype,
         device=painter.device,
         batch_size=painter.batch_size,
         noise_device=painter.noise_device,
+        compile=painter.compile,
+        vae_tile_pixels=painter.vae_tile_pixels,
     )
 
 

@@ -69,6 +69,12 @@ class PainterSpec(_Strict):
     device: str = "auto"
     noise_device: Literal["cpu", "accelerator"] = "cpu"
     output_format: Literal["png", "jpg", "webp"] = "png"
+    # square: resolution x resolution (DIM's default); preserve: edit rows keep the source's aspect at
+    # about resolution**2 pixels, bucketed to multiples of 32 so a batch shares one shape.
+    aspect: Literal["square", "preserve"] = "square"
+    # Outputs with more pixels than this decode in tiles (bounded VAE memory); null never tiles.
+    vae_tile_pixels: int | None = Field(1536 * 1536, ge=1)
+    compile: bool = False  # torch.compile the DiT (see README: measure before turning it on)
 
     @field_validator("device")
     @classmethod

@@ -30,3 +30,31 @@ def test_demo_job_runs_offline(tmp_path, capsys):
     mug = [row for row in table.to_pylist() if row["id"] == "mug-001"]
     assert sorted(row["status"] for row in mug) == ["failed", "ok"]  # the duplicate fails, the first paints
     assert "RANDOM weights" in capsys.readouterr().err
+
+
+def test_demo_with_aspect_preserved(tmp_path):
+    """painter.aspect=preserve: 4:3 sources paint landscape at about resolution² pixels (sides on the
+    tiny VAE's latent grid; 32 for the real DC-AE)."""
+    from PIL import Image
+
+    output = tmp_path / "preserve"
+    argv = [
+        "run",
+        str(DEMO),
+        "--no-progress",
+        "--set",
+        f"output={output}",
+        "--set",
+        "painter.aspect=preserve",
+    ]
+    assert cli.main(argv) == cli.EXIT_OK
+    rows = [r for r in read_provenance(str(output)).to_pylist() if r["status"] == "ok"]
+    assert len(rows) == 6
+    for row in rows:
+        with Image.open(row["output_uri"]) as image:
+            assert image.size == (row["width"], row["height"])
+        if row["mode"] == "t2i":
+            assert row["width"] == row["height"] == 64
+        else:
+            assert row["width"] > row["height"]  # landscape, like the sources
+            assert abs(row["width"] * row["height"] - 64 * 64) <= 0.1 * 64 * 64  # about resolution²

@@ -10,20 +10,33 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 TASKS = ("edit", "t2i")
+ASPECTS = ("square", "preserve")
+# Outputs with more pixels than this decode in tiles (bounded memory; tiles blend, so approximately). The
+# painters' native outputs (about 1024^2, also in aspect buckets) stay well below it and decode exactly;
+# 2048^2-class outputs, 4x the decoder memory per row, are tiled.
+DEFAULT_VAE_TILE_PIXELS = 1536 * 1536
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
 class PaintParams:
-    """Sampling parameters shared by every row of a job (they enter the render key)."""
+    """Sampling parameters shared by every row of a job (they enter the render key).
+
+    ``aspect``: ``square`` paints every row at ``resolution x resolution`` (DIM's default); ``preserve``
+    paints an edit row at about ``resolution**2`` pixels in the source's aspect ratio, bucketed to sizes the
+    painter's model supports (so similar aspects share one shape); text-to-image rows stay square.
+    """
 
     steps: int
     guidance_scale: float
-    resolution: int  # output is resolution x resolution
+    resolution: int
+    aspect: Literal["square", "preserve"] = "square"
 
 
 @dataclass(frozen=True)
@@ -80,10 +93,12 @@ def check_params(params: PaintParams, *, grid: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {params.steps!r}")
     if params.guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {params.guidance_scale!r}")
-    if params.resolution < grid or params.resolution % grid:
+    if not isinstance(params.resolution, int) or params.resolution < grid or params.resolution % grid:
         raise ValueError(
             f"resolution {params.resolution} is not a positive multiple of the latent grid ({grid} px per latent cell)"
         )
+    if params.aspect not in ASPECTS:
+        raise ValueError(f"aspect must be one of {ASPECTS}, got {params.aspect!r}")
 
 
 def decode_source(request: PaintRequest) -> Image.Image:
@@ -97,3 +112,23 @@ def decode_source(request: PaintRequest) -> Image.Image:
         raise ValueError(
             f"row {request.key!r}: cannot decode the source image: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def source_size(request: PaintRequest) -> tuple[int, int]:
+    """Upright (width, height) of the source, from its header: no pixel decoding.
+
+    The size ``decode_source`` gives, as long as the EXIF orientation is where headers keep it (JPEG, WEBP,
+    TIFF, PNG's eXIf before the image data): Orientation values 5-8 swap the sides.
+    """
+    assert request.source is not None
+    try:
+        image = Image.open(io.BytesIO(request.source))
+        width, height = image.size
+        # The base implementation reads what the header gave; PNG's override would decode the whole image
+        # to look for an eXIf chunk after the pixels.
+        orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # PIL raises several types for broken files
+        raise ValueError(
+            f"row {request.key!r}: cannot decode the source image: {type(exc).__name__}: {exc}"
+        ) from exc
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)

@@ -12,7 +12,14 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.painter.base import TASKS, Painter, PaintParams, PaintRequest
+from transforms.painter.base import (
+    ASPECTS,
+    DEFAULT_VAE_TILE_PIXELS,
+    TASKS,
+    Painter,
+    PaintParams,
+    PaintRequest,
+)
 
 KINDS = ("dim",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,8 +39,13 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         noise_device: str = "cpu",
         kind: str = "dim",
         share_across_processes: bool = False,
+        compile: bool = False,
+        vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
     ):
-        """``share_across_processes`` is Beam's ``large_model``: one model per machine for all SDK processes."""
+        """``share_across_processes`` is Beam's ``large_model``: one model per machine for all SDK processes.
+        ``compile``: run the painter's denoiser through ``torch.compile``. ``vae_tile_pixels``: outputs with
+        more pixels than this decode in tiles (bounded memory, approximate seams); None never tiles. The
+        output size itself comes with ``params`` (``resolution``, ``aspect``)."""
         if kind not in KINDS:
             raise ValueError(f"painter kind must be one of {KINDS}, got {kind!r}")
         if task not in TASKS:
@@ -42,6 +54,16 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             raise ValueError(f"painter dtype must be one of {DTYPES}, got {dtype!r}")
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"painter noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"painter compile must be true or false, got {compile!r}")
+        if vae_tile_pixels is not None and (
+            not isinstance(vae_tile_pixels, int) or isinstance(vae_tile_pixels, bool) or vae_tile_pixels < 1
+        ):
+            raise ValueError(
+                f"painter vae_tile_pixels must be a positive integer or null, got {vae_tile_pixels!r}"
+            )
+        if params.aspect not in ASPECTS:
+            raise ValueError(f"painter aspect must be one of {ASPECTS}, got {params.aspect!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"painter batch_size must be an integer >= 1, got {batch_size!r}")
         super().__init__(
@@ -55,6 +77,8 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         self.batch_size = batch_size
         self.noise_device = noise_device
         self.kind = kind
+        self.compile = compile
+        self.vae_tile_pixels = vae_tile_pixels
 
     def load_model(self) -> Painter:
         from transforms.painter.dim.pipeline import load_dim_painter  # the only kind so far
@@ -66,6 +90,8 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             dtype=resolve_dtype(self.dtype, device),
             device=device,
             noise_device=self.noise_device,
+            compile=self.compile,
+            vae_tile_pixels=self.vae_tile_pixels,
         )
 
     def run_inference(

@@ -8,17 +8,45 @@ condition before ``y_proj``.
 Variable condition lengths: the reference pads every condition with zeros to 8192 tokens and masks the
 padding out of cross-attention; the unconditional branch uses the same mask, i.e. the first N rows of
 ``y_embedding``. Here rows are padded only to the longest condition in the batch, with the same mask
-semantics, which gives the same result for less work.
+semantics (an additive -inf bias on the padded keys, so they get exactly zero weight), which gives the same
+result for less work.
+
+The condition is constant over the denoising steps, so ``cross_condition`` runs the caption projection, the
+y-norm and every block's cross-attention key/value projections once per sampling call (see ``attention``);
+``forward`` then runs the blocks with those keys/values. The null condition's keys/values are computed once
+for the longest condition of the batch (``y_embedding[:L]``) and shared by every unconditional row: a row of
+N tokens masks everything after its first N, i.e. it attends to exactly ``y_embedding[:N]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers import SanaTransformer2DModel
 from torch import nn
+
+from transforms.painter.dim.attention import CachedCrossAttnProcessor, CrossKV, key_bias, project_kv
+
+
+@dataclass
+class CrossCondition:
+    """Cross-attention inputs of one sampling call, for rows ``[uncond rows, cond rows]`` (or cond only).
+
+    ``keys``/``values``: one [B, heads, L, head_dim] tensor per block; ``bias``: [B, 1, 1, L] additive mask, or
+    None when no row is padded; ``lengths``: each row's real token count.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    bias: torch.Tensor | None
+    lengths: tuple[int, ...]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
 
 
 class DimDiT(nn.Module):
@@ -34,6 +62,8 @@ class DimDiT(nn.Module):
             for norm in (block.attn2.norm_q, block.attn2.norm_k):
                 if norm is not None:
                     norm.eps = cross_qk_norm_eps
+            block.attn2.set_processor(CachedCrossAttnProcessor())
+        self._compiled_step = None  # torch.compile(self.step), set by enable_compile
 
     @property
     def max_condition_length(self) -> int:
@@ -43,27 +73,121 @@ class DimDiT(nn.Module):
         """The unconditional caption for a condition of ``length`` tokens."""
         return self.y_embedding[:length]
 
+    # ------------------------------------------------------------------------------- once per sampling call
+
+    def project_captions(self, captions: torch.Tensor) -> torch.Tensor:
+        """Captions [B, L, caption_channels] -> projected, y-normed [B, L, inner_dim] (per token)."""
+        transformer = self.transformer
+        return transformer.caption_norm(transformer.caption_projection(captions))
+
+    def caption_kv(self, captions: torch.Tensor) -> list[CrossKV]:
+        """Every block's cross-attention keys/values for captions [B, L, caption_channels]."""
+        projected = self.project_captions(captions)
+        return [project_kv(block.attn2, projected) for block in self.transformer.transformer_blocks]
+
+    def cross_condition(
+        self, conditions: Sequence[torch.Tensor], *, with_null: bool, pad_multiple: int = 1
+    ) -> CrossCondition:
+        """Keys/values for rows ``[null(c) for c in conditions] + conditions`` (``with_null``) or ``conditions``.
+
+        Conditions [N_i, caption_channels] are zero-padded to the longest (rounded up to ``pad_multiple``,
+        which suits fused GPU attention kernels) and masked. With ``with_null`` the null keys/values are
+        computed once, from ``y_embedding[:L]``, and shared by the unconditional rows.
+        """
+        if not conditions:
+            raise ValueError("no conditions")
+        lengths = [int(c.shape[0]) for c in conditions]
+        longest = max(lengths)
+        padded = -(-longest // pad_multiple) * pad_multiple
+        if with_null:
+            if longest > self.max_condition_length:
+                raise ValueError(
+                    f"a condition of {longest} tokens is longer than the null condition "
+                    f"({self.max_condition_length})"
+                )
+            padded = min(padded, self.max_condition_length)
+        dtype = self.y_embedding.dtype
+        captions, _ = pad_conditions(conditions, dtype=dtype, length=padded)
+        kv = self.caption_kv(captions)
+        if with_null:
+            null = self.caption_kv(self.null_condition(padded)[None])
+            rows = len(conditions)
+            kv = [
+                CrossKV(
+                    torch.cat([n.key.expand(rows, -1, -1, -1), c.key]),
+                    torch.cat([n.value.expand(rows, -1, -1, -1), c.value]),
+                )
+                for n, c in zip(null, kv, strict=True)
+            ]
+            lengths = lengths + lengths
+        bias = None
+        if any(length != padded for length in lengths):
+            bias = key_bias(lengths, padded, dtype, self.y_embedding.device)
+        return CrossCondition(
+            keys=[pair.key for pair in kv],
+            values=[pair.value for pair in kv],
+            bias=bias,
+            lengths=tuple(lengths),
+        )
+
+    # ------------------------------------------------------------------------------------------ per step
+
     def forward(
-        self, latents: torch.Tensor, conditions: Sequence[torch.Tensor], timestep: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        conditions: Sequence[torch.Tensor] | CrossCondition,
+        timestep: torch.Tensor,
     ) -> torch.Tensor:
-        """latents [B, C, h, w]; conditions: B tensors [N_i, caption_channels]; timestep [B] -> velocity."""
-        if len(conditions) != latents.shape[0]:
-            raise ValueError(f"{len(conditions)} conditions for a batch of {latents.shape[0]}")
-        captions, mask = pad_conditions(conditions, dtype=latents.dtype)
-        return self.transformer(
-            hidden_states=latents,
-            encoder_hidden_states=captions,
-            timestep=timestep,
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )[0]
+        """latents [B, C, h, w]; conditions: a ``CrossCondition`` for B rows, or B caption tensors
+        [N_i, caption_channels] (projected here, for this call only); timestep [B] -> velocity."""
+        if not isinstance(conditions, CrossCondition):
+            if len(conditions) != latents.shape[0]:
+                raise ValueError(f"{len(conditions)} conditions for a batch of {latents.shape[0]}")
+            conditions = self.cross_condition(conditions, with_null=False)
+        if conditions.batch_size != latents.shape[0]:
+            raise ValueError(
+                f"a cross condition for {conditions.batch_size} rows, a batch of {latents.shape[0]}"
+            )
+        step = self.step if self._compiled_step is None else self._compiled_step
+        return step(latents, timestep, conditions.keys, conditions.values, conditions.bias)
+
+    def step(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """SanaTransformer2DModel's forward with the caption stage done beforehand (tensors only: compilable)."""
+        transformer = self.transformer
+        batch, _, height, width = latents.shape
+        patch = transformer.config.patch_size
+        rows, cols = height // patch, width // patch
+        hidden = transformer.patch_embed(latents)
+        temb, embedded = transformer.time_embed(timestep, batch_size=batch, hidden_dtype=hidden.dtype)
+        for block, key, value in zip(transformer.transformer_blocks, keys, values, strict=True):
+            # The block hands encoder_hidden_states and the mask to attn2 untouched: CachedCrossAttnProcessor.
+            hidden = block(hidden, None, CrossKV(key, value), bias, temb, rows, cols)
+        hidden = transformer.norm_out(hidden, embedded, transformer.scale_shift_table)
+        hidden = transformer.proj_out(hidden)
+        hidden = hidden.reshape(batch, rows, cols, patch, patch, -1).permute(0, 5, 1, 3, 2, 4)
+        return hidden.reshape(batch, -1, rows * patch, cols * patch)
+
+    def enable_compile(self, **options: Any) -> None:
+        """Run ``step`` through ``torch.compile`` (shapes that vary, e.g. condition length, go dynamic)."""
+        self._compiled_step = torch.compile(self.step, **options)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled_step is not None
 
 
 def pad_conditions(
-    conditions: Sequence[torch.Tensor], dtype: torch.dtype
+    conditions: Sequence[torch.Tensor], dtype: torch.dtype, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad to the longest condition; mask is 1 on real tokens (diffusers turns 0s into -10000 bias)."""
-    longest = max(int(c.shape[0]) for c in conditions)
+    """Zero-pad to ``length`` (default: the longest condition); mask is 1 on real tokens."""
+    longest = max(int(c.shape[0]) for c in conditions) if length is None else length
     first = conditions[0]
     captions = first.new_zeros((len(conditions), longest, first.shape[-1]), dtype=dtype)
     mask = torch.zeros((len(conditions), longest), dtype=dtype, device=first.device)

@@ -10,34 +10,49 @@ bit-identical whatever batch or worker painted it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 
 from transforms.painter.base import (
+    DEFAULT_VAE_TILE_PIXELS,
     Painting,
     PaintParams,
     PaintRequest,
     check_params,
     check_request,
     decode_source,
+    source_size,
 )
+from transforms.painter.dim import buckets, sampler, vae
 from transforms.painter.dim import checkpoint as ckpt
-from transforms.painter.dim import sampler, vae
 from transforms.painter.dim.config import DimArch
-from transforms.painter.dim.encoder import ConditionEncoder, load_processor
+from transforms.painter.dim.encoder import ConditionEncoder, encoder_image, load_processor
 
 NOISE_DEVICES = ("cpu", "accelerator")
+
+
+@dataclass
+class _Staged:
+    """The CPU side of one micro-batch (decoded, oriented, resized sources), made on the prefetch thread."""
+
+    size: tuple[int, int]  # (width, height) of every output in the micro-batch
+    encoder_images: list[Image.Image | None]  # each source as the encoder takes it (None: text-to-image)
+    arrays: list[np.ndarray]  # each source resized and cropped to ``size``, uint8 [height, width, 3] (edit)
 
 
 @dataclass
 class _Prepared:
     conditions: list[torch.Tensor]  # [N_i, caption_channels] in model dtype
     source_latents: torch.Tensor | None  # [B, C, h, w] scaled latents (edit)
+    size: tuple[int, int]  # (width, height) in pixels of every output
 
 
 class DimPainter:
@@ -56,13 +71,24 @@ class DimPainter:
         device: torch.device,
         noise_device: str = "cpu",
         row_by_row: bool | None = None,
+        compile: bool = False,
+        vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
+        prefetch: bool | None = None,
     ):
         """``row_by_row`` runs the DiT and VAE one row at a time, which makes every image bit-identical
         whatever batch it came in (kernels see the same shapes); the default is on for CPU, where batching
         gains little, and off for accelerators, where batching is the point and rows agree to within
-        rounding."""
+        rounding. ``compile`` runs the DiT's per-step forward through ``torch.compile`` (the first batches of
+        each new shape pay for compilation). ``vae_tile_pixels``: outputs with more pixels than this decode
+        tile by tile (None: never). ``prefetch``: ``paint`` decodes and resizes the next micro-batch's sources
+        on a background thread while the current one is on the device (the images are the same either way);
+        the default is on for accelerators and off for CPU, where the device is the same few cores."""
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
+        if vae_tile_pixels is not None and (
+            not isinstance(vae_tile_pixels, int) or isinstance(vae_tile_pixels, bool) or vae_tile_pixels < 1
+        ):
+            raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
         self.name = name
         self.task = task
         self.arch = arch
@@ -73,6 +99,12 @@ class DimPainter:
         self.device = device
         self.noise_device = noise_device
         self.row_by_row = device.type == "cpu" if row_by_row is None else row_by_row
+        self.compile = bool(compile)
+        if self.compile and not modules.dit.compiled:
+            modules.dit.enable_compile()
+        self.vae_tile_pixels = vae_tile_pixels
+        vae.set_tile_geometry(modules.vae)
+        self.prefetch = device.type != "cpu" if prefetch is None else bool(prefetch)
         self._lock = threading.Lock()  # one batch at a time on the device, whatever the caller's threads
 
     # ------------------------------------------------------------------------------------------ checks
@@ -93,15 +125,70 @@ class DimPainter:
         return projected[-self.arch.max_condition_length :]
 
     @torch.inference_mode()
-    def prepare(self, requests: Sequence[PaintRequest], params: PaintParams) -> _Prepared:
-        sources = [decode_source(r) if r.source is not None else None for r in requests]
-        conditions = [self.condition(r.prompt, s) for r, s in zip(requests, sources, strict=True)]
+    def prepare(
+        self, requests: Sequence[PaintRequest], params: PaintParams, staged: _Staged | None = None
+    ) -> _Prepared:
+        """The device side of a batch of one output size: conditions and source latents. ``staged`` is the
+        CPU side made beforehand (``stage``, on the prefetch thread); without it, it is made here."""
+        if staged is None:
+            staged = self.stage(requests, self.shared_output_size(requests, params))
+        if len(staged.encoder_images) != len(requests):
+            raise ValueError(
+                f"staged sources for {len(staged.encoder_images)} rows, a batch of {len(requests)}"
+            )
+        # The encoder re-applies its resize to the staged image: a no-op copy, so the condition is the same.
+        conditions = [
+            self.condition(r.prompt, s) for r, s in zip(requests, staged.encoder_images, strict=True)
+        ]
         latents = None
         if self.task == "edit":
-            pixels = torch.stack([vae.source_pixels(s, params.resolution) for s in sources if s is not None])
+            pixels = torch.stack([vae.array_pixels(array) for array in staged.arrays])
             pixels = pixels.to(device=self.device, dtype=self.dtype)
             latents = vae.encode(self.modules.vae, pixels, self.arch.scaling_factor)
-        return _Prepared(conditions=conditions, source_latents=latents)
+        return _Prepared(conditions=conditions, source_latents=latents, size=staged.size)
+
+    def output_size(self, request: PaintRequest, params: PaintParams) -> tuple[int, int]:
+        """(width, height) the row is painted at: square, or its source's aspect bucket (``preserve``)."""
+        size = source_size(request) if params.aspect == "preserve" and request.source is not None else None
+        return buckets.output_size(size, params.resolution, self.arch.vae_grid, params.aspect)
+
+    def shared_output_size(self, requests: Sequence[PaintRequest], params: PaintParams) -> tuple[int, int]:
+        """The one output size of a batch; ``render`` paints one size at a time (``paint`` groups rows)."""
+        sizes = {self.output_size(r, params) for r in requests}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"a render batch must share one output size, got {sorted(sizes)}: paint() groups rows by size"
+            )
+        return sizes.pop()
+
+    def stage(self, requests: Sequence[PaintRequest], size: tuple[int, int]) -> _Staged:
+        """The PIL part of preparing rows painted at ``size``: decode, EXIF orientation, the encoder's resize
+        and the VAE's resize/crop. Thread-safe (touches no model, no torch); errors name the row."""
+        encoder_images: list[Image.Image | None] = []
+        arrays = []
+        for request in requests:
+            if request.source is None:
+                encoder_images.append(None)
+                continue
+            try:
+                image = decode_source(request)
+                encoder_images.append(encoder_image(image, self.encoder.image_size))
+                arrays.append(vae.source_array(image, size))
+            except ValueError as exc:
+                if str(exc).startswith(f"row {request.key!r}"):
+                    raise
+                raise ValueError(f"row {request.key!r}: preparing the source image failed: {exc}") from exc
+            except Exception as exc:
+                raise RuntimeError(
+                    f"row {request.key!r}: preparing the source image failed: {type(exc).__name__}: {exc}"
+                ) from exc
+        return _Staged(size=size, encoder_images=encoder_images, arrays=arrays)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> float images [B, 3, H, W] in about [-1, 1]; tiled above ``vae_tile_pixels``."""
+        return vae.decode(
+            self.modules.vae, latents.to(self.dtype), self.arch.scaling_factor, self.vae_tile_pixels
+        )
 
     @torch.inference_mode()
     def render(self, requests: Sequence[PaintRequest], params: PaintParams) -> torch.Tensor:
@@ -111,39 +198,51 @@ class DimPainter:
             return torch.cat([self._render([request], params) for request in requests])
         return self._render(requests, params)
 
-    def _render(self, requests: Sequence[PaintRequest], params: PaintParams) -> torch.Tensor:
-        prepared = self.prepare(requests, params)
-        side = params.resolution // self.arch.vae_grid
+    def _render(
+        self, requests: Sequence[PaintRequest], params: PaintParams, staged: _Staged | None = None
+    ) -> torch.Tensor:
+        prepared = self.prepare(requests, params, staged)
+        width, height = prepared.size
+        grid = self.arch.vae_grid
         noise = sampler.initial_noise(
             [r.seed for r in requests],
-            (self.arch.latent_channels, side, side),
+            (self.arch.latent_channels, height // grid, width // grid),
             self.device,
             self.noise_device,
         )
         velocity = self._velocity(prepared, params.guidance_scale)
         cfg = self.arch.data["sampler"]
-        latents = sampler.denoise(
-            velocity,
-            noise,
-            steps=params.steps,
-            flow_shift=float(cfg["flow_shift"]),
-            num_train_timesteps=int(cfg["num_train_timesteps"]),
-            solver_order=int(cfg["solver_order"]),
-        )
-        return vae.decode(self.modules.vae, latents.to(self.dtype), self.arch.scaling_factor).float()
+        try:
+            latents = sampler.denoise(
+                velocity,
+                noise,
+                steps=params.steps,
+                flow_shift=float(cfg["flow_shift"]),
+                num_train_timesteps=int(cfg["num_train_timesteps"]),
+                solver_order=int(cfg["solver_order"]),
+            )
+        finally:
+            # The closure holds this call's cross-attention keys/values: release them before decoding.
+            del velocity
+        return self.decode(latents).float()
 
     def _velocity(self, prepared: _Prepared, guidance_scale: float) -> sampler.Velocity:
+        """One DiT forward per step on ``[uncond rows, cond rows]``; the condition side (caption projection,
+        y-norm, every block's cross-attention keys/values, for each row and the null condition) is computed
+        here once, lives in the returned closure, and is freed with it when the sampling call ends."""
         dit = self.modules.dit
-        conditions = prepared.conditions
         use_cfg = guidance_scale != 1.0
-        both = [dit.null_condition(c.shape[0]) for c in conditions] + conditions if use_cfg else conditions
         copies = 2 if use_cfg else 1
+        cross = dit.cross_condition(
+            prepared.conditions, with_null=use_cfg, pad_multiple=8 if self.device.type == "cuda" else 1
+        )
+        source = None if prepared.source_latents is None else prepared.source_latents.to(self.dtype)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x_in = x.to(self.dtype)
-            if prepared.source_latents is not None:  # noisy latent first, then the source latent
-                x_in = torch.cat([x_in, prepared.source_latents.to(self.dtype)], dim=1)
-            v = dit(x_in.repeat(copies, 1, 1, 1), both, t.repeat(copies))
+            if source is not None:  # noisy latent first, then the source latent
+                x_in = torch.cat([x_in, source], dim=1)
+            v = dit(x_in.repeat(copies, 1, 1, 1), cross, t.repeat(copies))
             if not use_cfg:
                 return v
             v_uncond, v_cond = v.float().chunk(2)
@@ -154,30 +253,84 @@ class DimPainter:
     # ------------------------------------------------------------------------------------------ seam
 
     def paint(self, requests: Sequence[PaintRequest], params: PaintParams) -> list[Painting]:
-        """Paint a batch. ``paint_s`` is each row's even share of the batch's wall time."""
-        with self._lock:
+        """Paint a batch, in the input order. Rows may differ in output size (``aspect: preserve``): they are
+        painted in micro-batches of one size (one row each when ``row_by_row``), and while one micro-batch
+        is on the device the next one's sources are decoded and resized on a background thread.
+        ``paint_s`` is each row's even share of the batch's wall time; ``batch_size`` is the rows given."""
+        requests = list(requests)
+        with self._lock, torch.inference_mode():
             started = time.perf_counter()
-            images = vae.to_pil(self.render(requests, params))
+            self.check(requests, params)
+            sizes = [self.output_size(r, params) for r in requests]
+            images: list[Image.Image | None] = [None] * len(requests)
+            with contextlib.closing(self._staged_micro_batches(requests, sizes)) as micro_batches:
+                for indices, staged in micro_batches:
+                    rendered = self._render([requests[i] for i in indices], params, staged)
+                    for index, image in zip(indices, vae.to_pil(rendered), strict=True):
+                        images[index] = image
             share = (time.perf_counter() - started) / max(len(requests), 1)
         fields = {
             "painter": self.name,
             "checkpoint_sha256": self.checkpoint_sha256,
             "steps": params.steps,
             "guidance_scale": float(params.guidance_scale),
-            "width": params.resolution,
-            "height": params.resolution,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "batch_size": len(requests),
         }
-        return [
-            Painting(key=r.key, image=image, paint_s=share, fields=dict(fields))
-            for r, image in zip(requests, images, strict=True)
-        ]
+        paintings = []
+        for request, image, (width, height) in zip(requests, images, sizes, strict=True):
+            assert image is not None and image.size == (width, height), (request.key, image)
+            row_fields = {**fields, "width": width, "height": height}
+            paintings.append(Painting(key=request.key, image=image, paint_s=share, fields=row_fields))
+        return paintings
+
+    def micro_batches(self, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Indices of the rows painted together: one output size per micro-batch, sizes in order of first
+        appearance; one row each when ``row_by_row``."""
+        if self.row_by_row:
+            return [[index] for index in range(len(sizes))]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(sizes):
+            groups.setdefault(size, []).append(index)
+        return list(groups.values())
+
+    def _staged_micro_batches(
+        self, requests: Sequence[PaintRequest], sizes: Sequence[tuple[int, int]]
+    ) -> Generator[tuple[list[int], _Staged], None, None]:
+        """Each micro-batch with its CPU side staged, the next one's staging running on one background thread
+        (PIL and torch release the GIL in their kernels) while the caller paints the current one. An error
+        in the background is raised here, when its micro-batch comes up, naming its row."""
+        batches = self.micro_batches(sizes)
+
+        def stage(batch: list[int]) -> _Staged:
+            return self.stage([requests[i] for i in batch], sizes[batch[0]])
+
+        if not self.prefetch or len(batches) < 2:
+            for batch in batches:
+                yield batch, stage(batch)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dimflow-prefetch") as pool:
+            pending = pool.submit(stage, batches[0])
+            try:
+                for number, batch in enumerate(batches):
+                    staged = pending.result()
+                    if number + 1 < len(batches):
+                        pending = pool.submit(stage, batches[number + 1])
+                    yield batch, staged
+            finally:
+                pending.cancel()  # the caller stopped early (an error): do not stage what nobody paints
 
 
 def load_dim_painter(
-    checkpoint: str, task: str, *, dtype: torch.dtype, device: torch.device, noise_device: str = "cpu"
+    checkpoint: str,
+    task: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    noise_device: str = "cpu",
+    compile: bool = False,
+    vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
 ) -> DimPainter:
     """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones)."""
     folder = ckpt.resolve_checkpoint(checkpoint, task)
@@ -196,6 +349,8 @@ def load_dim_painter(
         dtype=dtype,
         device=device,
         noise_device=noise_device,
+        compile=compile,
+        vae_tile_pixels=vae_tile_pixels,
     )
 
 
