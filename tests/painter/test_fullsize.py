@@ -33,6 +33,15 @@ def test_parameter_counts(full_edit):
         t2i = ckpt.build_components(resolve_arch("t2i"))["dit"]
     assert count(t2i.transformer) == 1_604_641_952
     assert count(parts["dit"].transformer) - count(t2i.transformer) == 32 * 2240  # 32 more input channels
+    # DESIGN.md's published DiT counts leave out exactly these q/k RMSNorm weights, which the reference
+    # has (showlab/DIM Sana_1600M_1024px_allqknorm*.yaml: qk_norm and cross_norm true; both attentions
+    # build RMSNorm(2240) q/k norms with a weight) and which the released checkpoints therefore carry.
+    qk_norm = sum(
+        p.numel() for n, p in t2i.transformer.named_parameters() if ".norm_q." in n or ".norm_k." in n
+    )
+    assert qk_norm == 20 * 4 * 2240
+    assert count(t2i.transformer) - qk_norm == 1_604_462_752
+    assert count(parts["dit"].transformer) - qk_norm == 1_604_534_432
     assert count(parts["vae"]) == 312_250_275
     assert arch.vae_grid == 32 and arch.encoder_image_size == 1036
 
