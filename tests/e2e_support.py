@@ -124,6 +124,18 @@ def write_case(
     return Case(spec_path=spec_path, output=output, rows=len(lines))
 
 
+def local_case(directory: Path, **extra) -> Case:
+    """``write_case`` on the local filesystem: sources, manifest and spec in ``directory``, output in ``out``."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def put(name: str, data: bytes) -> None:
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    return write_case(directory, str(directory / "out"), str(directory), put, extra or None)
+
+
 def check_statuses(table: pa.Table) -> None:
     """Every manifest row once, with the expected status / stage / error."""
     rows = table.to_pylist()

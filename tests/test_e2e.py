@@ -14,20 +14,9 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import cli
 from pipeline.run import read_provenance, run_job
 from pipeline.spec import load_spec
-from tests.e2e_support import check_statuses, write_case
+from tests.e2e_support import check_statuses, local_case
 
 pytestmark = pytest.mark.slow
-
-
-def _local_case(directory: Path, **extra):
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def put(name: str, data: bytes) -> None:
-        path = directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-    return write_case(directory, str(directory / "out"), str(directory), put, extra or None)
 
 
 def _ok_images(table) -> dict[str, tuple[str, str]]:
@@ -41,7 +30,7 @@ def _ok_images(table) -> dict[str, tuple[str, str]]:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     """One run through the CLI (the way users start it), shared by the assertions below."""
-    case = _local_case(tmp_path_factory.mktemp("e2e"))
+    case = local_case(tmp_path_factory.mktemp("e2e"))
     console = io.StringIO()
     with contextlib.redirect_stderr(console):
         exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
@@ -99,7 +88,7 @@ def test_rerun_is_byte_identical(local_run):
 
 def test_multi_process_gives_the_same_rows(local_run, tmp_path):
     _case, _record, first, _console = local_run
-    case = _local_case(tmp_path / "mp")
+    case = local_case(tmp_path / "mp")
     spec = load_spec(case.spec_path)
     result = run_job(
         spec, ["--direct_running_mode=multi_processing", "--direct_num_workers=2"], show_progress=False
@@ -123,7 +112,7 @@ def test_validate_command_names_rows_and_fields(local_run, capsys):
 
 
 def test_bad_spec_exits_2_naming_the_field(tmp_path, capsys):
-    case = _local_case(tmp_path / "bad")
+    case = local_case(tmp_path / "bad")
     assert cli.main(["run", str(case.spec_path), "--set", "painter.stpes=2"]) == cli.EXIT_BAD_INPUT
     assert "painter.stpes: unknown key" in capsys.readouterr().err
     assert not FileSystems.exists(case.output)

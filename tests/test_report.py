@@ -21,7 +21,7 @@ from pipeline import cli
 from pipeline.report import build_report, error_kind
 from pipeline.run import read_provenance, run_job
 from pipeline.spec import load_spec
-from tests.e2e_support import write_case
+from tests.e2e_support import local_case
 from tests.fakes.gcs import DEFAULT_BUCKET, upload
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -37,9 +37,8 @@ def runs(tmp_path_factory):
     """Two incremental runs of the e2e case with the fake designer: the second skips what the first
     painted and renders one changed row; one row's first designer call gets a 500 (a retry)."""
     root = tmp_path_factory.mktemp("report")
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, FAKE_KEY)
-    with FakeOpenAI(expected_key=FAKE_KEY) as server:
+    with pytest.MonkeyPatch.context() as mp, FakeOpenAI(expected_key=FAKE_KEY) as server:
+        mp.setenv(KEY_ENV, FAKE_KEY)
         server.script("soft shadow", ["500", "ok"])
         designer = {
             "kind": "openai",
@@ -48,26 +47,15 @@ def runs(tmp_path_factory):
             "api_key_env": KEY_ENV,
             "max_attempts": 3,
         }
-
-        def put(name: str, data: bytes) -> None:
-            path = root / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-        case = write_case(
+        case = local_case(
             root,
-            str(root / "out"),
-            str(root),
-            put,
-            {
-                "incremental": True,
-                "designer": designer,
-                "prices": {
-                    "openai:gpt-test": {
-                        "input_per_million_tokens": PRICE_IN,
-                        "output_per_million_tokens": PRICE_OUT,
-                    }
-                },
+            incremental=True,
+            designer=designer,
+            prices={
+                "openai:gpt-test": {
+                    "input_per_million_tokens": PRICE_IN,
+                    "output_per_million_tokens": PRICE_OUT,
+                }
             },
         )
         spec = load_spec(case.spec_path)
@@ -78,7 +66,6 @@ def runs(tmp_path_factory):
         lines[1] = json.dumps(blue)
         (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
         second = run_job(spec, show_progress=False).run_id
-    mp.undo()
     return case.output, first, second
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.run import read_provenance
-from tests.e2e_support import check_statuses, write_case
+from tests.e2e_support import check_statuses, local_case
 from transforms.manifest import RawRow
 from transforms.records import RowRef
 from transforms.shards import Shard, shard_from_env, shard_key
@@ -56,7 +56,7 @@ def test_shard_from_flags_and_env(monkeypatch):
 
 @pytest.mark.slow
 def test_three_shard_processes_cover_the_manifest_once(tmp_path):
-    case = write_case(tmp_path, str(tmp_path / "out"), str(tmp_path), lambda n, d: _put(tmp_path, n, d))
+    case = local_case(tmp_path)
     run_id = "sharded-test-run"
     env = {**os.environ, "DIMFLOW_RUN_ID": run_id, "DIMFLOW_NUM_SHARDS": "3"}
     processes = [
@@ -80,9 +80,3 @@ def test_three_shard_processes_cover_the_manifest_once(tmp_path):
     counts = [json.loads((Path(case.output) / "runs" / name).read_text())["counts"] for name in records]
     assert {k: sum(c[k] for c in counts) for k in ("ok", "failed")} == {"ok": 6, "failed": 7}
     assert all(c["ok"] + c["failed"] > 0 for c in counts)  # each shard had rows of its own
-
-
-def _put(root: Path, name: str, data: bytes) -> None:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)

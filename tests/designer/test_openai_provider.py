@@ -193,11 +193,10 @@ def test_missing_key_is_a_setup_error_naming_the_variable(monkeypatch):
         provider.setup()
 
 
-def test_keyless_endpoint(fake_server, monkeypatch):
+def test_keyless_endpoint(fake_server, designer):
     server = fake_server()
     server.expected_key = None
-    provider = OpenAIDesigner(model="local-vllm", base_url=server.base_url, api_key_env="")
-    provider.setup()
+    provider = designer(server, model="local-vllm", api_key_env="")
     (result,) = provider.design([request("x")])
     assert isinstance(result, Design)
 

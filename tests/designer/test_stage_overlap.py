@@ -62,10 +62,12 @@ def test_batches_overlap_and_every_row_comes_out_once():
             label="failed",
         )
         # downstream windowing still works on the re-emitted values
-        _ = (
+        assert_that(
             out.designed
             | beam.WindowInto(beam.window.FixedWindows(60))
-            | beam.combiners.Count.Globally().without_defaults()
+            | beam.combiners.Count.Globally().without_defaults(),
+            equal_to([32]),
+            label="windowed",
         )
     assert _STATE["peak"] >= 2, _STATE
     assert _STATE["peak"] <= 4  # the pool runs at most max_pending_batches calls

@@ -40,12 +40,6 @@ def default() -> Render:
     return rendered("default")
 
 
-@pytest.fixture(scope="module", params=sorted(support.VALUE_SETS))
-def each(request) -> Render:
-    """Every value set in turn."""
-    return rendered(request.param)
-
-
 @pytest.fixture(scope="module")
 def every() -> list[Render]:
     return [rendered(name) for name in sorted(support.VALUE_SETS)]

@@ -3,6 +3,7 @@ zero failed checks; every skip is annotated in the chart with its reason, and is
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -45,7 +46,9 @@ def _write(folder: Path, strip_skips: bool = False) -> int:
     count = 0
     for name in ("default", "all"):
         render = rendered(name)
-        for index, doc in enumerate(render.docs + [support.strip_test_marks(j) for j in render.jobs]):
+        # Copies: stripping skips must not touch the session's cached render other tests read.
+        docs = [copy.deepcopy(d) for d in render.docs] + [support.strip_test_marks(j) for j in render.jobs]
+        for index, doc in enumerate(docs):
             if strip_skips:
                 annotations = doc.get("metadata", {}).get("annotations", {})
                 for key in [k for k in annotations if k.startswith("checkov.io/skip")]:
