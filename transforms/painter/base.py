@@ -16,6 +16,9 @@ from PIL import ExifTags, Image, ImageOps
 
 TASKS = ("edit", "t2i")
 ASPECTS = ("square", "preserve")
+# Where each row's initial noise is drawn: its own CPU generator (same image on any device and in any
+# batch), or on the accelerator (to bit-match a reference that draws there).
+NOISE_DEVICES = ("cpu", "accelerator")
 # Outputs with more pixels than this decode in tiles (bounded memory; tiles blend, so approximately). The
 # painters' native outputs (about 1024^2, also in aspect buckets) stay well below it and decode exactly;
 # 2048^2-class outputs, 4x the decoder memory per row, are tiled.
@@ -99,6 +102,11 @@ def check_params(params: PaintParams, *, grid: int) -> None:
         )
     if params.aspect not in ASPECTS:
         raise ValueError(f"aspect must be one of {ASPECTS}, got {params.aspect!r}")
+
+
+def valid_vae_tile_pixels(value: object) -> bool:
+    """A tiling threshold is a positive int (bools excluded) or None (never tile)."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
 def decode_source(request: PaintRequest) -> Image.Image:

@@ -15,15 +15,16 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from transforms.painter.base import (
     ASPECTS,
     DEFAULT_VAE_TILE_PIXELS,
+    NOISE_DEVICES,
     TASKS,
     Painter,
     PaintParams,
     PaintRequest,
+    valid_vae_tile_pixels,
 )
 
 KINDS = ("dim",)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-NOISE_DEVICES = ("cpu", "accelerator")
 
 
 class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter]):
@@ -56,9 +57,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             raise ValueError(f"painter noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
         if not isinstance(compile, bool):
             raise ValueError(f"painter compile must be true or false, got {compile!r}")
-        if vae_tile_pixels is not None and (
-            not isinstance(vae_tile_pixels, int) or isinstance(vae_tile_pixels, bool) or vae_tile_pixels < 1
-        ):
+        if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(
                 f"painter vae_tile_pixels must be a positive integer or null, got {vae_tile_pixels!r}"
             )

@@ -107,7 +107,7 @@ class DimDiT(nn.Module):
                 )
             padded = min(padded, self.max_condition_length)
         dtype = self.y_embedding.dtype
-        captions, _ = pad_conditions(conditions, dtype=dtype, length=padded)
+        captions = pad_conditions(conditions, dtype=dtype, length=padded)
         kv = self.caption_kv(captions)
         if with_null:
             null = self.caption_kv(self.null_condition(padded)[None])
@@ -183,15 +183,10 @@ class DimDiT(nn.Module):
         return self._compiled_step is not None
 
 
-def pad_conditions(
-    conditions: Sequence[torch.Tensor], dtype: torch.dtype, length: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad to ``length`` (default: the longest condition); mask is 1 on real tokens."""
-    longest = max(int(c.shape[0]) for c in conditions) if length is None else length
+def pad_conditions(conditions: Sequence[torch.Tensor], dtype: torch.dtype, length: int) -> torch.Tensor:
+    """Zero-pad every condition to ``length`` tokens (which tokens are real travels as lengths, not a mask)."""
     first = conditions[0]
-    captions = first.new_zeros((len(conditions), longest, first.shape[-1]), dtype=dtype)
-    mask = torch.zeros((len(conditions), longest), dtype=dtype, device=first.device)
+    captions = first.new_zeros((len(conditions), length, first.shape[-1]), dtype=dtype)
     for row, condition in enumerate(conditions):
         captions[row, : condition.shape[0]] = condition.to(dtype)
-        mask[row, : condition.shape[0]] = 1
-    return captions, mask
+    return captions

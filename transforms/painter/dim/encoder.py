@@ -60,6 +60,9 @@ def _chat_template(folder: Path) -> str | None:
 
 
 def encoder_image(image: Image.Image, size: int) -> Image.Image:
+    """RGB (alpha over white) at ``size``x``size``; an image already so is returned as is (prefetch made it)."""
+    if image.mode == "RGB" and image.size == (size, size):
+        return image
     if image.mode == "RGBA":
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image, mask=image.split()[3])

@@ -23,6 +23,7 @@ from PIL import Image
 
 from transforms.painter.base import (
     DEFAULT_VAE_TILE_PIXELS,
+    NOISE_DEVICES,
     Painting,
     PaintParams,
     PaintRequest,
@@ -30,13 +31,12 @@ from transforms.painter.base import (
     check_request,
     decode_source,
     source_size,
+    valid_vae_tile_pixels,
 )
 from transforms.painter.dim import buckets, sampler, vae
 from transforms.painter.dim import checkpoint as ckpt
 from transforms.painter.dim.config import DimArch
 from transforms.painter.dim.encoder import ConditionEncoder, encoder_image, load_processor
-
-NOISE_DEVICES = ("cpu", "accelerator")
 
 
 @dataclass
@@ -85,9 +85,7 @@ class DimPainter:
         the default is on for accelerators and off for CPU, where the device is the same few cores."""
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
-        if vae_tile_pixels is not None and (
-            not isinstance(vae_tile_pixels, int) or isinstance(vae_tile_pixels, bool) or vae_tile_pixels < 1
-        ):
+        if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
         self.name = name
         self.task = task
@@ -170,13 +168,11 @@ class DimPainter:
             if request.source is None:
                 encoder_images.append(None)
                 continue
+            image = decode_source(request)  # its errors name the row already
             try:
-                image = decode_source(request)
                 encoder_images.append(encoder_image(image, self.encoder.image_size))
                 arrays.append(vae.source_array(image, size))
             except ValueError as exc:
-                if str(exc).startswith(f"row {request.key!r}"):
-                    raise
                 raise ValueError(f"row {request.key!r}: preparing the source image failed: {exc}") from exc
             except Exception as exc:
                 raise RuntimeError(
