@@ -10,7 +10,6 @@ worker's memory): a full run reuses blueprints instead of calling the designer a
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from pipeline.schema import BLUEPRINT_SCHEMA
-from transforms.provenance import RunContext, safe_text, worker_name
+from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.storage import write_atomic
 from transforms.tables import run_table_files
@@ -36,40 +35,10 @@ def blueprint_files(output: str) -> list[str]:
 
 
 def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
-    """A designed record or a failure (before or at design) as a row of ``BLUEPRINT_SCHEMA``."""
-    return safe_text(_blueprint_row(item, context, now))
-
-
-def _blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
-    failure = item if isinstance(item, Failure) else None
-    record = item.record if failure is not None else item
-    row: dict[str, Any] = {name: None for name in BLUEPRINT_SCHEMA.names}
-    row.update(run_id=context.run_id, worker=worker_name())
-    row["finished_at"] = dt.datetime.fromtimestamp(now, tz=dt.UTC)
-    if failure is not None:
-        row.update(status="failed", error_stage=failure.stage, error=failure.error, id=failure.id)
-    else:
-        row["status"] = "ok"
-    if record is None:
-        return row
-    manifest = record.row
-    row.update(
-        id=manifest.id,
-        mode="edit" if manifest.source else "t2i",
-        source_uri=manifest.source,
-        source_sha256=record.source_sha256,
-        instruction=manifest.instruction,
-        design_key=record.design_key,
-        designer=record.designer,
-        blueprint=record.blueprint,
-        blueprint_run_id=record.blueprint_run_id
-        or (context.run_id if record.blueprint is not None else None),
-        designer_attempts=record.designer_attempts,
-        tokens_in=record.tokens_in,
-        tokens_out=record.tokens_out,
-        design_s=record.design_s,
-    )
-    return row
+    """A designed record or a failure (before or at design) as a row of ``BLUEPRINT_SCHEMA``: its
+    provenance row cut to the design half's columns, so both tables say the same of a row."""
+    row = provenance_row(item, context, now)
+    return {name: row[name] for name in BLUEPRINT_SCHEMA.names}
 
 
 def _pick(entries: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

@@ -45,8 +45,6 @@ OK = "ok"
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _RENDER_KEY = re.compile(r"[0-9a-f]{16,}")
 _CHUNK = 1 << 20
-# Schemes whose uploads only become visible when complete: write in place, no temp+rename (which on
-# object stores is a full copy plus a delete).
 
 
 class ImageError(ValueError):
