@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from pipeline.report import build_report  # noqa: E402
 from pipeline.report_html import render_html  # noqa: E402
 from pipeline.run import read_provenance  # noqa: E402
-from pipeline.schema import PROVENANCE_SCHEMA  # noqa: E402
+from transforms.schema import PROVENANCE_SCHEMA  # noqa: E402
 
 ERRORS = [
     ("fetch", "source not found: gs://catalog/images/{i}.jpg"),

@@ -15,10 +15,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
-from pipeline import schema
-from pipeline.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from pipeline.spec import JobSpec
-from transforms import images, manifest
+from transforms import images, manifest, schema
 from transforms.blueprints import JournalDesigns, LookupBlueprints, blueprint_row
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
@@ -27,6 +25,7 @@ from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
+from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
 from transforms.tables import WriteRunTable
 

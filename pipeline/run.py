@@ -22,13 +22,13 @@ from rich.console import Console
 
 from pipeline import edit
 from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
-from pipeline.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from pipeline.spec import JobSpec
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
+from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}

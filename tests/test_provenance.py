@@ -6,9 +6,9 @@ import json
 
 import pyarrow as pa
 
-from pipeline.schema import PROVENANCE_SCHEMA
 from transforms.provenance import RunContext, provenance_row, versions_json
 from transforms.records import EditRecord, Failure, ManifestRow, RowRef
+from transforms.schema import PROVENANCE_SCHEMA
 
 CONTEXT = RunContext(run_id="r1", versions_json=versions_json())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.schema import PROVENANCE_SCHEMA, design_key, render_key
+from transforms.schema import PROVENANCE_SCHEMA, design_key, render_key
 
 BASE = dict(
     source_sha256="a" * 64,

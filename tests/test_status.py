@@ -6,8 +6,8 @@ import datetime as dt
 
 import pyarrow as pa
 
-from pipeline.schema import PROVENANCE_SCHEMA
 from pipeline.status import latest_per_id
+from transforms.schema import PROVENANCE_SCHEMA
 
 
 def row(run: str, row_id: str | None, status: str, minute: int, **extra) -> dict:

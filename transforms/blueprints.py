@@ -19,9 +19,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from pipeline.schema import BLUEPRINT_SCHEMA
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
+from transforms.schema import BLUEPRINT_SCHEMA
 from transforms.storage import write_atomic
 from transforms.tables import run_table_files
 

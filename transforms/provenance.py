@@ -13,8 +13,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.schema import PROVENANCE_SCHEMA
 from transforms.records import EditRecord, Failure
+from transforms.schema import PROVENANCE_SCHEMA
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,18 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "dimflow"
-CRD = REPO.parent / "shared" / "crds" / "flinkdeployments.flink.apache.org-v1.yml"
+# The Flink Kubernetes Operator's FlinkDeployment CRD (its file helm/flink-kubernetes-operator/crds/
+# flinkdeployments.flink.apache.org-v1.yml) is not part of this repository: point DIMFLOW_FLINK_CRD at a
+# copy to validate the rendered FlinkDeployment against it; without one those checks are skipped.
+CRD_ENV = "DIMFLOW_FLINK_CRD"
+
+
+def flink_crd_path() -> Path | None:
+    """The CRD file named by $DIMFLOW_FLINK_CRD, or None when the variable is unset."""
+    value = os.environ.get(CRD_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
 RELEASE = "dimflow"
 NAMESPACE = "dimflow"
 KUBE_VERSIONS = ("1.30", "1.31", "1.32", "1.33", "1.34")

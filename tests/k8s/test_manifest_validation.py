@@ -67,8 +67,14 @@ def test_strict_validation_catches_unknown_fields():
 
 @pytest.fixture(scope="module")
 def flink_crd_schema() -> dict:
-    assert support.CRD.is_file(), f"the FlinkDeployment CRD is missing: {support.CRD}"
-    crd = yaml.safe_load(support.CRD.read_text())
+    path = support.flink_crd_path()
+    if path is None:
+        pytest.skip(
+            f"no FlinkDeployment CRD to validate against: set {support.CRD_ENV} to the Flink Kubernetes "
+            "Operator's flinkdeployments.flink.apache.org-v1.yml (README, Tests)"
+        )
+    assert path.is_file(), f"{support.CRD_ENV}={path}: no such file"
+    crd = yaml.safe_load(path.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
     return version["schema"]["openAPIV3Schema"]
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from transforms.painter.dim import checkpoint as ckpt
 from transforms.painter.dim import keymap
+from transforms.painter.dim.locate import resolve_checkpoint
 from transforms.painter.dim.tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,10 +157,10 @@ def test_fingerprint_is_the_weights_sha256(tiny_edit_dir):
 
 def test_unknown_checkpoint_names_fail(tmp_path):
     with pytest.raises(FileNotFoundError):
-        ckpt.resolve_checkpoint(str(tmp_path / "nowhere" / "x" / "y"), "edit")
+        resolve_checkpoint(str(tmp_path / "nowhere" / "x" / "y"), "edit")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-        ckpt.resolve_checkpoint(str(tmp_path / "empty"), "edit")
+        resolve_checkpoint(str(tmp_path / "empty"), "edit")
 
 
 def test_tiny_build_is_deterministic(tmp_path, tiny_edit_dir):
@@ -217,4 +218,4 @@ def test_dimflow_json_overrides_the_full_size_arch(tmp_path, tiny_edit_dir):
 def test_hub_ids_go_through_snapshot_download():
     # HF_HUB_OFFLINE=1 in tests: an uncached repo fails at once, naming the repo.
     with pytest.raises(FileNotFoundError, match=r"stdKonjac/DIM-4\.6B-Edit.*Hugging Face Hub"):
-        ckpt.resolve_checkpoint("stdKonjac/DIM-4.6B-Edit", "edit")
+        resolve_checkpoint("stdKonjac/DIM-4.6B-Edit", "edit")

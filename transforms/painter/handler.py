@@ -142,7 +142,8 @@ def checkpoint_fingerprint(checkpoint: str, task: str) -> str:
     Also checks that the checkpoint suits ``task`` (edit vs t2i), so a mismatch fails on the driver.
     """
     from transforms.painter.dim import checkpoint as ckpt
+    from transforms.painter.dim.locate import resolve_checkpoint
 
-    folder = ckpt.resolve_checkpoint(checkpoint, task)
+    folder = resolve_checkpoint(checkpoint, task)
     ckpt.read_arch(folder, task)
     return ckpt.file_sha256(folder / ckpt.MODEL_FILE)

@@ -2,8 +2,9 @@
 
 A checkpoint is a folder with ``model.safetensors`` (released key names, see ``keymap``) and optionally
 ``dimflow.json`` (``{"format": 1, "task": ..., "arch": {...}}``, merged over ``config.FULL_ARCH``). It is
-named by a local path, an HF repo id (fetched with ``huggingface_hub.snapshot_download``), or ``tiny``
-(built on first use by ``tiny.ensure_tiny_checkpoint``). Every path loads through ``load_modules``.
+named by a local path or an HF repo id (fetched with ``huggingface_hub.snapshot_download``); ``locate``
+adds the ``tiny`` preset on top (``tiny`` saves through this module, so this module never imports it).
+Every path loads through ``load_modules``.
 """
 
 from __future__ import annotations
@@ -53,12 +54,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIMFLOW_CACHE") or Path.home() / ".cache" / "dimflow")
 
 
-def resolve_checkpoint(checkpoint: str, task: str) -> Path:
-    """Checkpoint name -> local folder holding ``model.safetensors``."""
-    if checkpoint == TINY:
-        from transforms.painter.dim.tiny import ensure_tiny_checkpoint
-
-        return Path(ensure_tiny_checkpoint(task))
+def locate_checkpoint(checkpoint: str) -> Path:
+    """A local folder or HF repo id -> local folder holding ``model.safetensors`` (``tiny``: see ``locate``)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():

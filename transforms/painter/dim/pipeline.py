@@ -37,6 +37,7 @@ from transforms.painter.dim import buckets, sampler, vae
 from transforms.painter.dim import checkpoint as ckpt
 from transforms.painter.dim.config import DimArch
 from transforms.painter.dim.encoder import ConditionEncoder, encoder_image, load_processor
+from transforms.painter.dim.locate import resolve_checkpoint
 
 
 @dataclass
@@ -329,7 +330,7 @@ def load_dim_painter(
     vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
 ) -> DimPainter:
     """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones)."""
-    folder = ckpt.resolve_checkpoint(checkpoint, task)
+    folder = resolve_checkpoint(checkpoint, task)
     arch = ckpt.read_arch(folder, task)
     sha = ckpt.file_sha256(folder / ckpt.MODEL_FILE)
     modules = ckpt.load_modules(folder, arch, dtype=dtype, device=device)
