@@ -12,6 +12,10 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from pipeline import interrupt
+from pipeline.terminal import printable, set_secret_env_names, text
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -19,6 +23,11 @@ TINY_WARNING = (
     "a painter checkpoint is 'tiny': the painter is DIM's architecture at toy size with RANDOM weights. "
     "Its images are noise-like and show only that the pipeline works, not what DIM-4.6B paints."
 )
+
+
+def labelled(label: str, message: object, *, style: str = "red", keep_newlines: bool = False) -> Text:
+    """``label message`` with the label in colour and the message made safe to print."""
+    return Text.assemble((label, style), " ", printable(message, keep_newlines=keep_newlines))
 
 
 def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -114,15 +123,16 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
         overrides = list(args.overrides) + ([f"stage={args.stage}"] if args.stage else [])
         spec = load_spec(args.spec, overrides)
     except SpecError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
+    set_secret_env_names(spec.secret_env_names())
     if "tiny" in spec.painter.checkpoints().values():
-        console.print(f"[yellow]warning:[/yellow] {TINY_WARNING}", highlight=False)
-    console.print(f"dimflow: job [bold]{spec.name}[/bold], manifest {spec.manifest}", highlight=False)
+        console.print(labelled("warning:", TINY_WARNING, style="yellow"))
+    console.print(Text.assemble("dimflow: job ", text(spec.name, "bold"), ", manifest ", text(spec.manifest)))
     try:
         shard = shard_from_env(args.shard_index, args.num_shards)
         if shard is not None:
-            console.print(f"shard {shard.index} of {shard.count}, run {args.run_id}", highlight=False)
+            console.print(text(f"shard {shard.index} of {shard.count}, run {args.run_id}"))
         result = run_job(
             spec,
             beam_args,
@@ -132,27 +142,29 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
             shard=shard,
         )
     except (ValueError, FileNotFoundError, NotImplementedError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
     except Exception as exc:  # the run itself broke (not a row): say so and exit non-zero
-        console.print(f"[red]run failed:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        console.print(labelled("run failed:", f"{type(exc).__name__}: {exc}", keep_newlines=True))
         return EXIT_RUN_FAILED
 
     from pipeline.progress import summary_table
 
     console.print(summary_table(f"run {result.run_id}", result.counts, result.elapsed_s))
     if result.stage == "design":
-        console.print(f"blueprints: {result.table_dir}", highlight=False)
+        console.print(text(f"blueprints: {result.table_dir}"))
     else:
-        console.print(f"images:     {result.images_dir}", highlight=False)
-        console.print(f"provenance: {result.table_dir}", highlight=False)
-    console.print(f"run record: {result.run_record}", highlight=False)
+        console.print(text(f"images:     {result.images_dir}"))
+        console.print(text(f"provenance: {result.table_dir}"))
+    console.print(text(f"run record: {result.run_record}"))
     if result.failures:
         table = Table(title="failed rows (first 10)", title_justify="left")
         for column in ("id", "stage", "error"):
             table.add_column(column, overflow="fold")
         for failure in result.failures:
-            table.add_row(failure["id"] or "(unreadable row)", failure["stage"] or "", failure["error"] or "")
+            table.add_row(
+                text(failure["id"] or "(unreadable row)"), text(failure["stage"]), text(failure["error"])
+            )
         console.print(table)
     if result.counts.get("failed"):
         console.print(
@@ -169,21 +181,20 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     try:
         report = validate_manifest(args.manifest, max_instruction_chars=args.max_instruction_chars)
     except (ValueError, FileNotFoundError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(labelled("error:", exc))
         return EXIT_BAD_INPUT
     console.print(
-        f"{args.manifest}: {report.rows} rows, {report.valid} valid, {report.failed} with problems",
-        highlight=False,
+        text(f"{args.manifest}: {report.rows} rows, {report.valid} valid, {report.failed} with problems")
     )
     if report.problems:
         table = Table(title="problems", title_justify="left")
         for column in ("row", "id", "field", "message"):
             table.add_column(column, overflow="fold")
         for problem in report.problems[: args.show]:
-            table.add_row(str(problem.ref), problem.id or "", problem.field or "", problem.message)
+            table.add_row(text(problem.ref), text(problem.id), text(problem.field), text(problem.message))
         console.print(table)
         if len(report.problems) > args.show:
-            console.print(f"... and {len(report.problems) - args.show} more", highlight=False)
+            console.print(text(f"... and {len(report.problems) - args.show} more"))
     return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
 
 
@@ -196,7 +207,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     try:
         report, run_table = build_report(args.output, args.run_id)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(labelled("error:", exc))
         return EXIT_BAD_INPUT
     if args.html:
         from apache_beam.io.filesystems import FileSystems
@@ -231,18 +242,19 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         for column in ("stage", "error kind", "rows"):
             kinds.add_column(column, overflow="fold")
         for kind in report.failures_by_kind[:20]:
-            kinds.add_row(kind["stage"], kind["kind"], f"{kind['rows']:,}")
+            kinds.add_row(text(kind["stage"]), text(kind["kind"]), f"{kind['rows']:,}")
         console.print(kinds)
     if report.previous:
         prev = report.previous
         console.print(
-            f"previous run {prev['run_id']}: {prev['rows']:,} rows ({prev['by_status']['ok']:,} ok, "
-            f"{prev['by_status']['failed']:,} failed, {prev['by_status']['skipped']:,} skipped), "
-            f"{_fmt(prev['rows_per_hour'])} rows/hour",
-            highlight=False,
+            text(
+                f"previous run {prev['run_id']}: {prev['rows']:,} rows ({prev['by_status']['ok']:,} ok, "
+                f"{prev['by_status']['failed']:,} failed, {prev['by_status']['skipped']:,} skipped), "
+                f"{_fmt(prev['rows_per_hour'])} rows/hour"
+            )
         )
     if args.html:
-        console.print(f"html report: {args.html}", highlight=False)
+        console.print(text(f"html report: {args.html}"))
     return EXIT_OK
 
 
@@ -261,19 +273,20 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     try:
         latest = read_latest(args.output)
     except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(labelled("error:", exc))
         return EXIT_BAD_INPUT
     if latest.num_rows == 0:
-        console.print(f"no provenance under {args.output}", highlight=False)
+        console.print(text(f"no provenance under {args.output}"))
         return EXIT_BAD_INPUT
     counts = {
         s: int(pc.sum(pc.equal(latest.column("status"), s)).as_py() or 0) for s in ("ok", "failed", "skipped")
     }
     current = latest.num_rows - latest.column("current_output_uri").null_count
     console.print(
-        f"{args.output}: {latest.num_rows} ids; latest state: {counts['ok']} ok, {counts['skipped']} skipped "
-        f"(already rendered), {counts['failed']} failed; {current} have a current image",
-        highlight=False,
+        text(
+            f"{args.output}: {latest.num_rows} ids; latest state: {counts['ok']} ok, {counts['skipped']} "
+            f"skipped (already rendered), {counts['failed']} failed; {current} have a current image"
+        )
     )
     shown = latest if not args.status else latest.filter(pc.equal(latest.column("status"), args.status))
     table = Table(
@@ -287,11 +300,11 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
             if row["status"] != "failed"
             else f"{row['error_stage']}: {row['error']}"
         )
-        table.add_row(row["id"], row["status"], row["run_id"], detail or "")
+        table.add_row(text(row["id"]), text(row["status"]), text(row["run_id"]), text(detail))
     console.print(table)
     if args.parquet:
         pq.write_table(latest, args.parquet)
-        console.print(f"wrote {latest.num_rows} rows to {args.parquet}", highlight=False)
+        console.print(text(f"wrote {latest.num_rows} rows to {args.parquet}"))
     return EXIT_OK
 
 
@@ -319,10 +332,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return cmd_submit(args, console)
     if beam_args:
-        console.print("error: arguments after -- are only for 'run'", highlight=False)
+        console.print(labelled("error:", "arguments after -- are only for 'run'"))
         return EXIT_BAD_INPUT
     return _cmd_validate(args, console)
 
 
+def console_main() -> int:
+    """The ``dimflow`` command: ``main`` with Ctrl-C / SIGTERM handled as one line and exit 130 / 143."""
+    interrupt.install(
+        "stopped. What was finished is kept (images, the design journal); rerun the same command to "
+        "complete the job (with incremental: true, rendered rows are skipped)."
+    )
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -7,6 +7,7 @@ into the provenance write, so each manifest row yields exactly one provenance ro
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,8 +25,17 @@ from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
 from transforms.provenance import RunContext, provenance_row
-from transforms.records import STAGE_PAINT, STAGE_VALIDATE, STAGE_WRITE, EditRecord, Failure, ManifestRow
+from transforms.records import (
+    STAGE_PAINT,
+    STAGE_VALIDATE,
+    STAGE_WRITE,
+    EditRecord,
+    Failure,
+    ManifestRow,
+    error_text,
+)
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
+from transforms.secrets import Scrubber
 from transforms.shards import Shard
 from transforms.tables import WriteRunTable
 
@@ -102,19 +112,36 @@ def row_mode(row: ManifestRow) -> str:
     return "edit" if row.source else "t2i"
 
 
-def check_mode(row: ManifestRow, checkpoints: dict[str, str]) -> Iterable:
-    """A row needs a checkpoint for its mode: edits need painter.checkpoint, t2i rows painter.t2i_checkpoint."""
+def inside_output(source: str, output: str) -> bool:
+    """Is ``source`` in the output tree, as written or (local paths) after resolving symlinks?"""
+    if manifest.under_roots(source, [output]):
+        return True
+    if "://" in source or "://" in output:
+        return False
+    return manifest.under_roots(os.path.realpath(source), [os.path.realpath(output)])
+
+
+def check_job_row(row: ManifestRow, checkpoints: dict[str, str], output: str) -> Iterable:
+    """Row checks that need the job: a checkpoint for the row's mode (edits need painter.checkpoint, t2i rows
+    painter.t2i_checkpoint), and a source outside the output tree (dimflow writes there: a source inside it
+    could be replaced, and an output that holds its own sources mixes inputs with results)."""
     mode = row_mode(row)
-    if mode in checkpoints:
-        yield EditRecord(row, started_at=time.time())
-    elif mode == "edit":
+    message = None
+    if mode == "edit" and inside_output(row.source, output):
+        message = (
+            f"{row.ref}, field 'source': {row.source!r} lies inside the job's output {output!r}; "
+            "keep sources outside the output folder"
+        )
+    elif mode not in checkpoints and mode == "edit":
         message = f"{row.ref}, field 'source': given, but painter.checkpoint is null (this job paints text-to-image only)"
-        yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
-    else:
+    elif mode not in checkpoints:
         message = (
             f"{row.ref}, field 'source': missing, and painter.t2i_checkpoint is not set "
             "(rows without a source are text-to-image; set it, e.g. to stdKonjac/DIM-4.6B-T2I)"
         )
+    if message is None:
+        yield EditRecord(row, started_at=time.time())
+    else:
         yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
 
 
@@ -137,9 +164,21 @@ def _design(
     )
     fresh = new.designed
     if caching:
-        fresh = fresh | "JournalDesigns" >> beam.ParDo(JournalDesigns(spec.output, run_id))
+        scrub = Scrubber(spec.secret_env_names())
+        fresh = fresh | "JournalDesigns" >> beam.ParDo(JournalDesigns(spec.output, run_id, scrub))
     designed = (*reused, fresh) | "Designed" >> beam.Flatten()
     return designed, [new.failed]
+
+
+def paint_params(spec: JobSpec) -> PaintParams:
+    """The job's sampling settings, as the painter takes them."""
+    painter = spec.painter
+    return PaintParams(
+        steps=painter.steps,
+        guidance_scale=painter.guidance_scale,
+        resolution=painter.resolution,
+        aspect=painter.aspect,
+    )
 
 
 def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
@@ -148,12 +187,7 @@ def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
     return PainterModelHandler(
         checkpoint=painter.checkpoints()[mode],
         task=mode,
-        params=PaintParams(
-            steps=painter.steps,
-            guidance_scale=painter.guidance_scale,
-            resolution=painter.resolution,
-            aspect=painter.aspect,
-        ),
+        params=paint_params(spec),
         dtype=painter.dtype,
         device=painter.device,
         batch_size=painter.batch_size,
@@ -171,10 +205,11 @@ def to_paint_request(record: EditRecord) -> tuple[EditRecord, PaintRequest]:
     return record.evolve(source_bytes=None), request
 
 
-def failed_paint_batch(element: tuple[list, Exception]) -> Iterable[Failure]:
-    """RunInference's dead letters are (batch, exception): every row of the batch failed."""
-    batch, exc = element
-    message = f"{type(exc).__name__}: {exc}"
+def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
+    """RunInference's dead letters are (batch, error): every row of the batch failed. Beam gives the error
+    as (type, repr, formatted traceback); provenance gets it as every other stage writes errors."""
+    batch, error = element
+    message = error_text(error)
     for record, _request in batch:
         yield Failure(record, STAGE_PAINT, message)
 
@@ -195,9 +230,7 @@ class WriteImages(beam.DoFn):
             assert record.render_key is not None
             uri = images.write_output(self._output, record.id, record.render_key, self._fmt, data)
         except Exception as exc:  # a storage error fails this row, not the run
-            yield beam.pvalue.TaggedOutput(
-                FAILED, Failure(record, STAGE_WRITE, f"{type(exc).__name__}: {exc}")
-            )
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_WRITE, error_text(exc)))
             return
         yield record.evolve(
             output_uri=uri, output_sha256=hashlib.sha256(data).hexdigest(), finished_at=time.time()
@@ -225,7 +258,7 @@ def build(
     earlier runs' provenance, which an incremental run joins on render key to skip rendered rows.
     """
     limits = spec.limits
-    context = RunContext(run_id=run_id, versions_json=versions_json)
+    context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
     raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest)
     if shard is not None:
         raw = raw | "KeepShard" >> beam.Filter(shard.owns)
@@ -233,8 +266,8 @@ def build(
     validated = raw | "ValidateRows" >> manifest.ValidateRows(
         max_instruction_chars=limits.max_instruction_chars, source_roots=limits.source_roots
     )
-    moded = validated.valid | "CheckMode" >> beam.FlatMap(
-        check_mode, spec.painter.checkpoints()
+    moded = validated.valid | "CheckJobRow" >> beam.FlatMap(
+        check_job_row, spec.painter.checkpoints(), spec.output
     ).with_outputs(FAILED, main="ok")
     fetched = moded.ok | "FetchImages" >> images.FetchImages(
         max_image_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels
@@ -271,7 +304,7 @@ def build(
     painted_parts, paint_failed_parts = [], []
     for mode, records in zip(MODES, by_mode, strict=True):
         if mode not in checkpoints:
-            continue  # check_mode already failed these rows; this branch stays empty
+            continue  # check_job_row already failed these rows; this branch stays empty
         painted_mode, dlq = (
             records
             | f"ToPaintRequest[{mode}]" >> beam.Map(to_paint_request)

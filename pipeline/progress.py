@@ -120,7 +120,7 @@ def progress_line(counts: Mapping[str, int], elapsed_s: float, total: int | None
 def summary_table(title: str, counts: Mapping[str, int], elapsed_s: float | None = None) -> Table:
     """The run summary (also used by ``dimflow report``): rows by status, share and rate."""
     total = sum(counts.values())
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import glob
 import json
 import logging
+import os
 import re
 import secrets
+import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +25,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
 
-from pipeline import edit
+from pipeline import edit, interrupt, preflight
+from pipeline.preflight import PreflightError
 from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
 from pipeline.spec import JobSpec
 from transforms.blueprints import blueprint_files
@@ -30,6 +36,7 @@ from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
+from transforms.storage import is_remote, write_atomic
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
 
@@ -74,15 +81,26 @@ def pipeline_options(spec: JobSpec, beam_args: list[str]) -> PipelineOptions:
 
 
 def job_keys(spec: JobSpec) -> edit.JobKeys:
-    """Resolve what names outputs before the run starts (the checkpoint hash needs no model load)."""
+    """Resolve what names outputs before the run starts (the checkpoint hash needs no model load).
+
+    A design run paints nothing: it needs no painter weights (its pods may have none) and has no render
+    keys. Otherwise each checkpoint is also checked against the job's sampling settings, so a setting the
+    painter cannot paint (a resolution off its latent grid) refuses the job instead of failing every row.
+    """
     designer = make_provider(spec.designer.model_dump())
+    fingerprints = {}
+    if spec.stage != "design":
+        params = edit.paint_params(spec)
+        for mode, checkpoint in spec.painter.checkpoints().items():
+            try:
+                fingerprints[mode] = checkpoint_fingerprint(checkpoint, mode, params)
+            except ValueError as exc:
+                field = "checkpoint" if mode == "edit" else "t2i_checkpoint"
+                raise PreflightError(f"painter ({field} {checkpoint!r}): {exc}") from exc
     return edit.JobKeys(
         designer_config=designer.config(),
         painter_config=edit.painter_config(spec),
-        checkpoint_sha256={
-            mode: checkpoint_fingerprint(checkpoint, mode)
-            for mode, checkpoint in spec.painter.checkpoints().items()
-        },
+        checkpoint_sha256=fingerprints,
         default_seed=spec.painter.seed,
     )
 
@@ -118,9 +136,29 @@ def read_run_table(
 
 def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
     uri = FileSystems.join(spec.output, "runs", f"{run_id}.json")
-    with FileSystems.create(uri, mime_type="application/json") as handle:
-        handle.write(json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    data = json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8")
+    write_atomic(uri, data, "application/json", root=spec.output)
     return uri
+
+
+def remove_unfinished(output: str, run_id: str) -> None:
+    """After a run broke or was interrupted: Beam's temp folders of this run's tables, and the run's table
+    folders if nothing else is in them (finished part files and images stay: a rerun reuses them)."""
+    for table in ("provenance", "blueprints"):
+        folder = FileSystems.join(output, table, f"run={run_id}")
+        try:
+            if is_remote(folder):  # object stores: the temp objects themselves (no folders to remove)
+                pattern = FileSystems.join(folder, "beam-temp-**")
+                temps = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+                if temps:
+                    FileSystems.delete(temps)
+                continue
+            for temp in glob.glob(os.path.join(glob.escape(folder), "beam-temp-*")):
+                shutil.rmtree(temp)
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        except Exception as exc:  # best effort: the run's own error is what the user must see
+            logging.getLogger(__name__).warning("could not remove temp files under %s: %s", folder, exc)
 
 
 def run_job(
@@ -143,6 +181,8 @@ def run_job(
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
+    preflight.check_output(spec, run_id)
+    preflight.check_designer(spec)
     keys = job_keys(spec)
     options = pipeline_options(spec, beam_args)
     local = spec.runner.name in LOCAL_RUNNERS and show_progress
@@ -152,9 +192,10 @@ def run_job(
             f"stage=paint: no blueprint tables under {FileSystems.join(spec.output, 'blueprints')}; "
             "run the same job with stage=design first"
         )
+    preflight.check_writable(spec.output)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
-    with ProgressListener() as listener:
+    with ProgressListener() as listener, _cleanup_on_failure(spec.output, run_id):
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
         pipeline = beam.Pipeline(options=options)
         edit.build(
@@ -206,6 +247,17 @@ def run_job(
         images_dir=FileSystems.join(spec.output, "images"),
         failures=first_failures(table),
     )
+
+
+@contextlib.contextmanager
+def _cleanup_on_failure(output: str, run_id: str) -> Iterator[None]:
+    """Remove the run's temp files when the pipeline raises, and when the process is interrupted."""
+    with interrupt.cleanup(lambda: remove_unfinished(output, run_id)):
+        try:
+            yield
+        except BaseException:
+            remove_unfinished(output, run_id)
+            raise
 
 
 def first_failures(table: pa.Table, limit: int = 10) -> list[dict[str, Any]]:

@@ -139,6 +139,17 @@ class JobSpec(_Strict):
     # provenance `designer` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost from it
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
+    @field_validator("manifest", "output")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (an empty path would resolve to the spec's own folder)")
+        return value.strip()
+
+    def secret_env_names(self) -> list[str]:
+        """Environment variables holding secrets: their values are scrubbed from all stored and shown text."""
+        return [self.designer.api_key_env] if self.designer.api_key_env else []
+
     def resolve_paths(self, base_dir: str | Path) -> JobSpec:
         """Make relative local manifest/output/checkpoint paths absolute against the spec's folder."""
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from rich.console import Console
 
+from pipeline.terminal import printable
+
 DESIGN_KEY, PAINT_KEY, SPEC_KEY = "design-job.yaml", "paint-job.yaml", "job.yaml"
 CONTAINER = "dimflow"
 RUN_LABEL = "dimflow.io/run-id"
@@ -220,4 +222,4 @@ class Submitter:
             self.console.print(f"(could not read pod logs: {exc.status} {exc.reason})", highlight=False)
             return
         self.console.print(f"last {LOG_LINES} log lines of pod {pod}:", highlight=False)
-        self.console.print(log, highlight=False, markup=False)
+        self.console.print(printable(log, keep_newlines=True), highlight=False, markup=False)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.submit import JobTemplates, SubmitError, Submitter, instantiate, templates_from_configmap
+from pipeline.terminal import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -39,13 +41,13 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
                 return EXIT_OK
             batch, core = _clients(in_cluster=False, context=args.context)
     except (SubmitError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(Text.assemble(("error:", "red"), " ", printable(exc, keep_newlines=True)))
         return EXIT_BAD_INPUT
     submitter = Submitter(batch, core, namespace, console, poll_s=args.poll_s, timeout_s=args.timeout_s)
     try:
         return submitter.run(templates, run_id)
     except SubmitError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(Text.assemble(("error:", "red"), " ", printable(exc, keep_newlines=True)))
         return EXIT_BAD_INPUT
 
 

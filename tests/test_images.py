@@ -12,7 +12,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
@@ -195,10 +194,10 @@ def test_write_output_is_atomic_and_idempotent(tmp_path):
 
 
 def test_write_output_failure_leaves_nothing(tmp_path, monkeypatch):
-    def broken_rename(sources, destinations):
+    def broken_rename(source, destination, **dir_fds):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(FileSystems, "rename", broken_rename)
+    monkeypatch.setattr(os, "rename", broken_rename)
     with pytest.raises(OSError, match="disk went away"):
         write_output(str(tmp_path), "row-1", KEY, "webp", b"data")
     assert os.listdir(tmp_path / "images/row-1") == []

@@ -22,6 +22,7 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.schema import BLUEPRINT_SCHEMA
+from transforms.secrets import Scrubber
 from transforms.storage import write_atomic
 from transforms.tables import run_table_files
 
@@ -74,9 +75,10 @@ class JournalDesigns(beam.DoFn):
     (or a preempted node) finds, so it asks the designer nothing it already paid for.
     """
 
-    def __init__(self, output: str, run_id: str):
+    def __init__(self, output: str, run_id: str, scrub: Scrubber | None = None):
         self._output = output
         self._run_id = run_id
+        self._scrub = scrub or Scrubber()
 
     def process(self, record: EditRecord) -> Iterable[EditRecord]:
         assert record.design_key is not None
@@ -88,7 +90,10 @@ class JournalDesigns(beam.DoFn):
             "finished_at": time.time(),
         }
         write_atomic(
-            journal_uri(self._output, record.design_key), json.dumps(entry).encode(), "application/json"
+            journal_uri(self._output, record.design_key),
+            self._scrub(json.dumps(entry)).encode(),
+            "application/json",
+            root=self._output,
         )
         yield record
 

@@ -274,10 +274,12 @@ def output_uri(output_root: str, row_id: str, render_key: str, fmt: str) -> str:
 def write_output(output_root: str, row_id: str, render_key: str, fmt: str, data: bytes) -> str:
     """Write ``data`` to its output URI and return the URI; readers never see a partial file.
 
-    Object stores (gs://, s3://, azfs://) publish an object only once its upload completes, so the
-    bytes go straight to the final name. Elsewhere they go to a hidden temp name in the same folder
-    and are renamed into place (atomic on POSIX; a rerun replaces an existing file with the same bytes).
+    See ``storage.write_atomic``: object stores get the final name at once; locally a hidden temp name is
+    renamed into place (a rerun replaces an existing file with the same bytes), and a symlink planted
+    anywhere below ``output_root`` is refused, never written through.
     """
     final = output_uri(output_root, row_id, render_key, fmt)
-    write_atomic(final, data, {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[fmt])
+    write_atomic(
+        final, data, {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[fmt], root=output_root
+    )
     return final

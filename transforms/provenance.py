@@ -10,11 +10,12 @@ import datetime as dt
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transforms.records import EditRecord, Failure
 from transforms.schema import PROVENANCE_SCHEMA
+from transforms.secrets import Scrubber
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class RunContext:
 
     run_id: str
     versions_json: str  # package versions, as JSON text
+    scrub: Scrubber = field(default_factory=Scrubber)  # keeps API keys out of every stored text
 
 
 def _timestamp(epoch: float | None) -> dt.datetime | None:
@@ -35,18 +37,19 @@ def worker_name() -> str:
     return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def safe_text(row: dict[str, Any]) -> dict[str, Any]:
-    """Strings that Parquet can store: a hostile manifest's lone surrogates become visible escapes
-    (``\\ud800``) instead of failing the whole write."""
+def safe_text(row: dict[str, Any], scrub: Scrubber) -> dict[str, Any]:
+    """Strings that may be stored: no secrets (a server may echo the key back), and nothing Parquet
+    refuses (a hostile manifest's lone surrogates become visible escapes, ``\\ud800``, instead of failing
+    the whole write)."""
     for name, value in row.items():
         if isinstance(value, str):
-            row[name] = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            row[name] = scrub(value.encode("utf-8", "backslashreplace").decode("utf-8"))
     return row
 
 
 def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     """Flatten a finished record or a failure into a provenance row (a dict keyed by column name)."""
-    return safe_text(_provenance_row(item, context, now))
+    return safe_text(_provenance_row(item, context, now), context.scrub)
 
 
 def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:

@@ -12,6 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# Longer error texts are cut (with a note): a row's error is for people and dashboards, not a log dump.
+MAX_ERROR_CHARS = 2000
+
 # Stage names, as written to provenance ``error_stage``.
 STAGE_READ = "read"
 STAGE_VALIDATE = "validate"
@@ -99,3 +102,27 @@ class Failure:
         if self.record is not None:
             return self.record.id
         return self.row_id
+
+
+def error_text(error: BaseException | tuple) -> str:
+    """``Type: message``, the form every stage writes to provenance ``error``.
+
+    Takes an exception, or the ``(type, repr, formatted traceback)`` triple Beam's exception handling
+    (``with_exception_handling``, RunInference's dead letters) hands over instead of the exception.
+    """
+    if isinstance(error, BaseException):
+        name, message = type(error).__name__, str(error)
+    else:
+        exc_type, exc_repr, lines = error
+        name = getattr(exc_type, "__name__", str(exc_type))
+        message = exc_repr
+        # The exception's own line in the traceback: "pkg.Type: message" (notes may follow it).
+        for line in reversed(list(lines or [])):
+            head, sep, rest = line.partition(":")
+            if head.strip().rsplit(".", 1)[-1] == name:
+                message = rest.strip() if sep else ""
+                break
+    text = f"{name}: {message}" if message else name
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"... [{len(text) - MAX_ERROR_CHARS} more characters]"
+    return text

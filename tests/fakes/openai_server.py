@@ -13,7 +13,9 @@ It stands in for OpenAI / vLLM in tests and benchmarks (loopback only). What it 
   (no Retry-After), ``429:date:S`` (Retry-After as an HTTP date S seconds ahead), ``500``, ``503:S``,
   ``400``, ``401``, ``slow`` (reply after ``slow_s``), ``malformed`` (200 with a broken JSON body),
   ``empty`` (empty content), ``refusal``, ``think`` (answer wrapped in think/answer tags), ``leak``
-  (400 whose message echoes the Authorization header, like a careless proxy: tests that we scrub it);
+  (400 whose message echoes the Authorization header, like a careless proxy: tests that we scrub it),
+  ``echo`` / ``echo-json`` (a 200 whose blueprint carries every request header, as ``Name: value`` lines
+  or as a JSON object, like an echo endpoint behind a misrouted proxy);
 * records every request (time, model, sampling parameters, prompt text, image count, whether the
   Authorization header matched ``expected_key``) in ``requests``; header values are never stored.
 
@@ -234,7 +236,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             fault=fault,
         )
         fake._record(recorded)  # at arrival: a slow reply still counts while the client waits
-        echo = self.headers.get("Authorization", "") if fault == "leak" else ""
+        echo = ""
+        if fault == "leak":
+            echo = self.headers.get("Authorization", "")
+        elif fault == "echo":
+            echo = "\n".join(f"{name}: {value}" for name, value in self.headers.items())
+        elif fault == "echo-json":
+            echo = json.dumps(dict(self.headers.items()))
         fake._finish(recorded, self._serve(fault, wait, body, text, echo))
 
     def _serve(self, fault: str, wait: float | None, body: dict[str, Any], text: str, echo: str) -> int:
@@ -273,6 +281,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             content = REFUSAL
         elif kind == "think":
             content = f"<think>weighing the scene</think><answer>{_blueprint(text)}</answer>"
+        elif kind in ("echo", "echo-json"):
+            content = f"{_blueprint(text)}\n\nrequest received with headers:\n{echo}"
         else:
             content = _blueprint(text)
         try:

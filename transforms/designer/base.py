@@ -57,6 +57,11 @@ class DesignerProvider(abc.ABC):
         It enters ``design_key`` and ``render_key``; secrets and rate limits never do.
         """
 
+    def preflight(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Cheap check, on the machine that starts the run, that ``setup`` can work (a key that is set, a
+        model that can be found): raises ``DesignerSetupError`` so a run that would fail every row is
+        refused before it starts. Loads nothing heavy and sends no request."""
+
     def setup(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Acquire clients/models; called once per worker before the first batch."""
 

@@ -94,6 +94,18 @@ class LocalDesigner(DesignerProvider):
             "image_max_side": self.image_max_side,
         }
 
+    def preflight(self) -> None:
+        """The model's config resolves (a local folder, the Hugging Face cache, or the Hub when online)."""
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.model_id)
+        except (OSError, ValueError) as exc:
+            raise DesignerSetupError(
+                f"designer.model={self.model_id!r} is not available here: not a local model folder, not in "
+                f"the Hugging Face cache, and not fetched from the Hub ({_first_line(exc)})"
+            ) from exc
+
     def setup(self) -> None:
         device = _resolve_device(self.device)
         dtype = _resolve_dtype(self.dtype, device)
@@ -204,6 +216,11 @@ def _resolve_dtype(dtype: str, device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _load(model_id: str, device: str, dtype: str) -> _Loaded:

@@ -9,8 +9,10 @@ waits for its turn under the worker's request and token budgets (``ratelimit.py`
 ``Retry-After`` pauses the whole worker rather than one thread, and the attempt count reaches provenance.
 
 The API key is read from the environment variable the spec names, at ``setup`` (on the worker), and is
-kept only inside the client: it is not in ``config()``, ``repr``, logs or error messages (error texts are
-scrubbed of it in case a server echoes it back).
+kept only inside the client: it is not in ``config()``, ``repr``, logs or error messages. Every text that
+comes back from the server (replies, errors, refusals) is scrubbed of it and of anything shaped like a
+credential (``transforms.secrets``) before it goes anywhere: a server that echoes the request headers in a
+200 reply must not put the key into a blueprint.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from transforms.designer.ratelimit import (
     parse_retry_after,
     shared_limiter,
 )
+from transforms.secrets import REDACTED, Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,7 @@ class OpenAIDesigner(DesignerProvider):
         self._client: openai.OpenAI | None = None
         self._limiter: RateLimiter | None = None
         self._secret = ""
+        self._scrubber = Scrubber([api_key_env])
         self._fatal: str | None = None
 
     def __repr__(self) -> str:
@@ -162,18 +166,25 @@ class OpenAIDesigner(DesignerProvider):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def _read_key(self) -> str:
+        """The key from the environment ('' for a keyless endpoint); DesignerSetupError when it is missing."""
+        if not self.api_key_env:
+            return ""
+        secret = os.environ.get(self.api_key_env, "").strip()
+        if not secret:
+            raise DesignerSetupError(
+                f"designer.api_key_env: environment variable {self.api_key_env} is not set or empty on "
+                f"this machine; export it (or map the Kubernetes Secret to it), or set "
+                f"designer.api_key_env='' for an endpoint without authentication"
+            )
+        return secret
+
+    def preflight(self) -> None:
+        self._read_key()
+
     def setup(self) -> None:
-        if self.api_key_env:
-            secret = os.environ.get(self.api_key_env, "").strip()
-            if not secret:
-                raise DesignerSetupError(
-                    f"designer.api_key_env: environment variable {self.api_key_env} is not set or empty on "
-                    f"this worker; export it (or map the Kubernetes Secret to it), or set "
-                    f"designer.api_key_env='' for an endpoint without authentication"
-                )
-        else:
-            secret = "no-key"  # the client insists on one; keyless servers ignore it
-        self._secret = secret if self.api_key_env else ""
+        self._secret = self._read_key()
+        secret = self._secret or "no-key"  # the client insists on one; keyless servers ignore it
         self._client = openai.OpenAI(
             base_url=self.base_url, api_key=secret, timeout=self.timeout_s, max_retries=0
         )
@@ -324,7 +335,7 @@ class OpenAIDesigner(DesignerProvider):
         if getattr(choice, "finish_reason", None) == "content_filter":
             return failed("reply blocked by the endpoint's content filter")
         try:
-            blueprint = parse_reply(message.content)
+            blueprint = parse_reply(None if message.content is None else self._scrub(message.content))
         except ReplyError as exc:
             return failed(str(exc))
         return Design(blueprint, attempts, tokens_in=tokens_in, tokens_out=tokens_out, latency_s=latency_s)
@@ -339,7 +350,10 @@ class OpenAIDesigner(DesignerProvider):
         return self._scrub(text)[:_MAX_ERROR_CHARS]
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "[redacted]") if len(self._secret) >= 4 else text
+        """The key this client holds (even if the environment changed since setup), then every secret shape."""
+        if len(self._secret) >= 4:
+            text = text.replace(self._secret, REDACTED)
+        return self._scrubber(text)
 
 
 def _total_tokens(completion: Any) -> int | None:

@@ -20,6 +20,7 @@ from transforms.painter.base import (
     Painter,
     PaintParams,
     PaintRequest,
+    check_params,
     valid_vae_tile_pixels,
 )
 
@@ -136,14 +137,17 @@ def resolve_dtype(dtype: str, device):
     return getattr(torch, dtype)
 
 
-def checkpoint_fingerprint(checkpoint: str, task: str) -> str:
+def checkpoint_fingerprint(checkpoint: str, task: str, params: PaintParams | None = None) -> str:
     """sha256 of the checkpoint's weights file, without loading a model (``tiny`` is built if needed).
 
-    Also checks that the checkpoint suits ``task`` (edit vs t2i), so a mismatch fails on the driver.
+    Also checks that the checkpoint suits ``task`` (edit vs t2i) and, given ``params``, that it can paint
+    them (e.g. a resolution on its latent grid), so a job that would fail every row fails on the driver.
     """
     from transforms.painter.dim import checkpoint as ckpt
     from transforms.painter.dim.locate import resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint, task)
-    ckpt.read_arch(folder, task)
+    arch = ckpt.read_arch(folder, task)
+    if params is not None:
+        check_params(params, grid=arch.vae_grid)
     return ckpt.file_sha256(folder / ckpt.MODEL_FILE)
