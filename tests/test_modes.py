@@ -8,7 +8,6 @@ import apache_beam as beam
 from pipeline.edit import FAILED, check_job_row, row_mode
 from transforms.records import STAGE_VALIDATE, EditRecord, ManifestRow, RowRef
 
-
 OUT = "/jobs/out"
 
 
