@@ -270,7 +270,12 @@ def build(
         check_job_row, spec.painter.checkpoints(), spec.output
     ).with_outputs(FAILED, main="ok")
     fetched = moded.ok | "FetchImages" >> images.FetchImages(
-        max_image_bytes=limits.max_image_bytes, max_pixels=limits.max_pixels
+        max_image_bytes=limits.max_image_bytes,
+        max_pixels=limits.max_pixels,
+        fetch_timeout_s=limits.fetch_timeout_s,
+        source_roots=limits.source_roots,
+        storage_errors_before_fail_fast=limits.storage_errors_before_fail_fast,
+        storage_cooldown_s=limits.storage_cooldown_s,
     )
     keyed = fetched.ok | "Keys" >> beam.Map(keys.with_keys)
     skipped = []

@@ -115,6 +115,13 @@ class LimitsSpec(_Strict):
     # When set, every source must lie under one of these (local folders or URI prefixes such as
     # gs://bucket/catalog/); anything else fails at validate. Null: any path Beam can read.
     source_roots: list[str] | None = None
+    # The whole open+read of one source (any filesystem); a read still running then fails its row.
+    fetch_timeout_s: float = Field(60.0, gt=0)
+    # Per storage location (gs://bucket, local, ...): after this many consecutive storage errors of one
+    # kind (connection, timeout, 5xx, permission), rows there fail at once for storage_cooldown_s, then
+    # one probe read is let through.
+    storage_errors_before_fail_fast: int = Field(3, ge=1)
+    storage_cooldown_s: float = Field(30.0, gt=0)
 
 
 class PriceSpec(_Strict):

@@ -15,8 +15,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from tests.fakes.gcs import DEFAULT_BUCKET, download, gcs_emulator, list_names, upload
-from transforms.images import ImageError, decode_image, read_bounded, write_output
+from transforms.images import decode_image, write_output
 from transforms.manifest import ReadManifest, ValidateRows, validate_manifest
+from transforms.sources import SourceError, read_bounded
 
 BUCKET = DEFAULT_BUCKET
 
@@ -111,10 +112,10 @@ def test_read_bounded_on_gs(gcs):
     assert read_bounded(uri, len(data)) == data
     assert decode_image(read_bounded(uri, 10_000), max_pixels=100).size == (7, 5)
     with pytest.raises(
-        ImageError, match=rf"source is {len(data)}\+ bytes, over limits.max_image_bytes={len(data) - 1}"
+        SourceError, match=rf"source is {len(data)}\+ bytes, over limits.max_image_bytes={len(data) - 1}"
     ):
         read_bounded(uri, len(data) - 1)
-    with pytest.raises(ImageError, match=f"source not found: gs://{BUCKET}/src/nope.png"):
+    with pytest.raises(SourceError, match=f"source not found: gs://{BUCKET}/src/nope.png"):
         read_bounded(f"gs://{BUCKET}/src/nope.png", 100)
 
 

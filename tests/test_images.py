@@ -16,8 +16,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from transforms import images
-from transforms.images import ImageError, decode_image, encode_image, read_bounded, write_output
+from transforms.images import ImageError, decode_image, encode_image, write_output
 from transforms.records import STAGE_FETCH, EditRecord, Failure, ManifestRow, RowRef
+from transforms.sources import SourceError, read_bounded
 
 KEY = "0123456789abcdef" * 4
 
@@ -61,15 +62,15 @@ def test_read_bounded_limits(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"a" * 100)
     assert read_bounded(str(path), 100) == b"a" * 100
-    with pytest.raises(ImageError, match=r"source is 100\+ bytes, over limits.max_image_bytes=99"):
+    with pytest.raises(SourceError, match=r"source is 100\+ bytes, over limits.max_image_bytes=99"):
         read_bounded(str(path), 99)
-    with pytest.raises(ImageError, match=r"source is 11\+ bytes, over limits.max_image_bytes=10"):
+    with pytest.raises(SourceError, match=r"source is 11\+ bytes, over limits.max_image_bytes=10"):
         read_bounded(str(path), 10)
 
 
 def test_read_bounded_missing_and_gz_left_alone(tmp_path):
     missing = str(tmp_path / "nope.png")
-    with pytest.raises(ImageError, match=f"source not found: {missing}"):
+    with pytest.raises(SourceError, match=f"source not found: {missing}"):
         read_bounded(missing, 10)
     gz = tmp_path / "x.png.gz"
     gz.write_bytes(b"\x1f\x8bnot-really")
@@ -153,11 +154,41 @@ def test_declared_but_missing_pixels_fail():
 
 
 def test_non_image_and_empty_bytes():
-    with pytest.raises(ImageError, match=r"not a recognized image format \(starts with b'hello wo'\)"):
+    with pytest.raises(
+        ImageError, match=r"not a recognized image format \(no PNG/JPEG/GIF/BMP/TIFF/WebP signature\)$"
+    ):
         decode_image(b"hello world, not an image", max_pixels=100)
     with pytest.raises(ImageError, match=r"source is empty \(0 bytes\)"):
         decode_image(b"", max_pixels=100)
     assert issubclass(ImageError, ValueError)
+
+
+def _png_with_bad_chunk(chunk_type: bytes) -> bytes:
+    """A valid PNG plus an ancillary chunk ``chunk_type`` whose CRC is wrong (PIL quotes its type)."""
+    good = png_bytes(Image.new("RGB", (2, 2)))
+    at = good.rindex(b"IEND") - 4
+    return good[:at] + struct.pack(">I", 3) + chunk_type + b"abc" + b"\0\0\0\0" + good[at:]
+
+
+@pytest.mark.parametrize(
+    ("data", "secret"),
+    [
+        (b"hello SECRETVALUE world", b"SECRETVALUE"),  # no signature at all
+        (b"P6 SECRETVALUE1234567890 1 1\n", b"SECRETVALUE"),  # PPM: "Token too long in file header: ..."
+        (b"P1\nSECRETX 1\n", b"SECRETX"),  # PPM: "invalid literal for int() with base 10: b'SECRETX'"
+        (b'/* XPM */\nstatic char *x[] = {\n"1 1 1 1",\n"a c #SECRETVALUE",\n', b"SECRETVALUE"),
+        (_png_with_bad_chunk(b"cRET"), b"cRET"),  # "broken PNG file (bad header checksum in b'cRET')"
+    ],
+    ids=["text", "ppm-token", "ppm-int", "xpm-color", "png-chunk-type"],
+)
+def test_image_errors_never_echo_source_bytes(data, secret):
+    """Each payload makes PIL quote the source's bytes in its own error; none of them reach ours."""
+    with pytest.raises(ImageError) as info:
+        decode_image(data, max_pixels=10_000)
+    message = str(info.value)
+    pieces = {secret[i : i + 4].decode() for i in range(len(secret) - 3)}
+    assert not [piece for piece in pieces if piece in message], message
+    assert "starts with" not in message
 
 
 # --- encode + write --------------------------------------------------------------------------------
@@ -255,7 +286,8 @@ def test_fetch_images_stage(tmp_path):
                     (
                         "junk",
                         STAGE_FETCH,
-                        "source is not a recognized image format (starts with b'junk') (TMP/junk.png)",
+                        "source is not a recognized image format (no PNG/JPEG/GIF/BMP/TIFF/WebP signature)"
+                        " (TMP/junk.png)",
                     ),
                 ]
             ),

@@ -29,6 +29,12 @@ def test_defaults_and_relative_paths(tmp_path):
     assert spec.painter.checkpoint == "tiny"  # a preset name is not a path
     assert spec.painter.guidance_scale == 7.5 and spec.painter.resolution == 1024
     assert spec.designer.kind == "none" and spec.runner.name == "FnApiRunner"
+    limits = spec.limits
+    assert (limits.fetch_timeout_s, limits.storage_errors_before_fail_fast, limits.storage_cooldown_s) == (
+        60.0,
+        3,
+        30.0,
+    )
 
 
 def test_overrides_parse_yaml_values(tmp_path):
@@ -50,6 +56,10 @@ def test_overrides_parse_yaml_values(tmp_path):
         (BASE, ["painter.checkpoint=null"], "painter.checkpoint and painter.t2i_checkpoint are both empty"),
         (BASE, ["designer.kind=openai"], "designer.model is required"),
         (BASE, ["painter.device=tpu"], "painter.device"),
+        (BASE, ["limits.fetch_timeout_s=0"], "limits.fetch_timeout_s: Input should be greater than 0"),
+        (BASE, ["limits.storage_errors_before_fail_fast=0"], "limits.storage_errors_before_fail_fast"),
+        (BASE, ["limits.storage_cooldown_s=-1"], "limits.storage_cooldown_s: Input should be greater than 0"),
+        (BASE, ["limits.fetch_timeout_s=soon"], "limits.fetch_timeout_s"),
         ("name: t\noutput: out\n", [], "manifest: Field required"),
         (BASE.replace("name: t", "name: Bad Name"), [], "name: String should match pattern"),
     ],

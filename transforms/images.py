@@ -1,8 +1,9 @@
 """Images in and out: bounded fetch, safe decode, deterministic encode, atomic write.
 
-Sources are untrusted: ``read_bounded`` never reads more than the byte limit (+1 to detect "over"), and
-``decode_image`` checks the pixel count the header declares before any pixel is decoded, so a small
-file that declares a huge canvas (a decompression bomb) is rejected cheaply. The fetch stage keeps the
+Sources are untrusted: reading them is ``transforms.sources``' job (bounded bytes and time, regular
+files only, real paths inside the roots, fail-fast on failing storage), and ``decode_image`` checks the
+pixel count the header declares before any pixel is decoded, so a small file that declares a huge canvas
+(a decompression bomb) is rejected cheaply. The fetch stage keeps the
 ORIGINAL bytes in the record (their sha256 enters the render key); the painter decodes them again with
 the same ``decode_image``, so both see the same pixels.
 
@@ -15,6 +16,9 @@ Decoding policy (one place, so every stage agrees):
   cut-out is meant to sit on a light page, and plain ``convert("RGB")`` would turn it black);
 - no color management (ICC profiles are ignored), like most model preprocessing.
 
+Error messages never quote the source's bytes (``_decoder_says``): a source may be any file the worker
+can read, and provenance is read by more people than the files are.
+
 PIL's own global bomb guard (``Image.MAX_IMAGE_PIXELS``) is left as is; it only matters when
 ``max_pixels`` is set above PIL's hard limit (2x ~89.5M pixels), where PIL's error is reported instead.
 """
@@ -24,15 +28,16 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from transforms import sources
 from transforms.records import STAGE_FETCH, EditRecord, Failure
+from transforms.sources import SourceError
 from transforms.storage import write_atomic
 
 OUTPUT_FORMATS = ("png", "jpg", "webp")
@@ -44,59 +49,10 @@ OK = "ok"
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _RENDER_KEY = re.compile(r"[0-9a-f]{16,}")
-_CHUNK = 1 << 20
 
 
-class ImageError(ValueError):
-    """A source that cannot be used: missing, too big, not an image, corrupt, or over the pixel limit."""
-
-
-def _is_not_found(exc: BaseException) -> bool:
-    """FileNotFoundError locally, google.api_core NotFound on GCS (also when Beam wraps it)."""
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, FileNotFoundError) or any(
-            c.__name__ == "NotFound" for c in type(current).__mro__
-        ):
-            return True
-        details = getattr(current, "exception_details", None)  # BeamIOError
-        if isinstance(details, dict):
-            stack.extend(details.values())
-        stack.extend([current.__cause__, current.__context__])
-    return False
-
-
-def read_bounded(uri: str, max_bytes: int) -> bytes:
-    """The bytes at ``uri`` (any Beam filesystem), reading at most ``max_bytes + 1`` of them.
-
-    Raises ImageError: "source not found: URI", "source is N+ bytes, over limits.max_image_bytes=M", or
-    "cannot read source URI: ..." for other storage errors.
-    """
-    limit = max_bytes + 1
-    parts: list[bytes] = []
-    size = 0
-    try:
-        with FileSystems.open(
-            uri, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
-        ) as handle:
-            while size < limit:
-                chunk = handle.read(min(_CHUNK, limit - size))
-                if not chunk:
-                    break
-                parts.append(chunk)
-                size += len(chunk)
-    except Exception as exc:
-        if _is_not_found(exc):
-            raise ImageError(f"source not found: {uri}") from exc
-        raise ImageError(f"cannot read source {uri}: {type(exc).__name__}: {exc}") from exc
-    if size > max_bytes:
-        raise ImageError(f"source is {size}+ bytes, over limits.max_image_bytes={max_bytes}")
-    return b"".join(parts)
+class ImageError(SourceError):
+    """Source bytes that are not a usable image: not an image, corrupt, truncated, or over the pixel limit."""
 
 
 _MAGIC = (
@@ -115,20 +71,52 @@ def _sniff(data: bytes) -> str | None:
     return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
 
 
+_LITERAL = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")  # 'x', b'x', "x", b"x"
+_VALUE_START = re.compile(r": |['\"]")
+_WORD = re.compile(r"[A-Za-z0-9_./#%+-]{3,}")
+_WITHHELD = "<withheld>"
+
+
+def _decoder_says(exc: BaseException, data: bytes, *, with_type: bool = True) -> str:
+    """``Type: message`` of a decoder error, with anything that may be the source's own bytes withheld.
+
+    Decoders quote what they choke on (PPM: ``Token too long in file header: <token>``; ``invalid literal
+    for int() with base 10: b'<token>'``; PNG: ``broken PNG file (chunk b'<id>')``), and a source may be
+    any file the worker can read. So quoted literals go, whatever follows the first ": " (the idiom for
+    appending the offending value) or an unclosed quote goes, and any remaining word of 3+ characters that
+    occurs in the source bytes goes.
+    """
+    text = _LITERAL.sub(_WITHHELD, str(exc))
+    cut = _VALUE_START.search(text)  # ": value", or a quote left open
+    if cut:
+        text = text[: cut.start()] + f": {_WITHHELD}"
+
+    def screen(match: re.Match[str]) -> str:
+        word = match.group(0)
+        return _WITHHELD if word != _WITHHELD.strip("<>") and word.encode() in data else word
+
+    text = _WORD.sub(screen, text)
+    return f"{type(exc).__name__}: {text}" if with_type else text
+
+
 def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"source is a decompression bomb: {exc}") from exc
+        raise ImageError(
+            f"source is a decompression bomb: {_decoder_says(exc, data, with_type=False)}"
+        ) from exc
     except UnidentifiedImageError as exc:
         kind = _sniff(data)
         if kind:
             raise ImageError(
                 f"source looks like {kind} but its header is unreadable (truncated or corrupt)"
             ) from exc
-        raise ImageError(f"source is not a recognized image format (starts with {data[:8]!r})") from exc
+        raise ImageError(
+            "source is not a recognized image format (no PNG/JPEG/GIF/BMP/TIFF/WebP signature)"
+        ) from exc
     except Exception as exc:  # broken headers surface as SyntaxError, struct.error, OSError, ...
-        raise ImageError(f"source has an unreadable image header: {type(exc).__name__}: {exc}") from exc
+        raise ImageError(f"source has an unreadable image header: {_decoder_says(exc, data)}") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -171,7 +159,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise
     except Exception as exc:  # OSError("image file is truncated"), SyntaxError, zlib.error, ...
         raise ImageError(
-            f"source {fmt} {width}x{height} cannot be decoded: {type(exc).__name__}: {exc}"
+            f"source {fmt} {width}x{height} cannot be decoded: {_decoder_says(exc, data)}"
         ) from exc
     try:
         upright = ImageOps.exif_transpose(img)
@@ -183,13 +171,31 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
 class FetchImage(beam.DoFn):
     """Read + decode each record's source (to validate it); keep the original bytes and their facts.
 
-    Records without a source (text-to-image) pass through untouched. Never raises: a bad source becomes
+    Records without a source (text-to-image) pass through untouched. The read goes through
+    ``sources.SourceReader`` (regular files only, real paths inside ``source_roots``, a deadline per
+    source, fail-fast per storage location). Never raises: a bad source becomes
     ``Failure(record, "fetch", message)`` on the ``failed`` output.
     """
 
-    def __init__(self, *, max_image_bytes: int, max_pixels: int):
-        self._max_bytes = max_image_bytes
+    def __init__(
+        self,
+        *,
+        max_image_bytes: int,
+        max_pixels: int,
+        fetch_timeout_s: float = sources.DEFAULT_TIMEOUT_S,
+        source_roots: Sequence[str] | None = None,
+        storage_errors_before_fail_fast: int = sources.DEFAULT_ERRORS_BEFORE_FAIL_FAST,
+        storage_cooldown_s: float = sources.DEFAULT_COOLDOWN_S,
+        reader: sources.SourceReader | None = None,
+    ):
         self._max_pixels = max_pixels
+        self._reader = reader or sources.SourceReader(
+            max_bytes=max_image_bytes,
+            timeout_s=fetch_timeout_s,
+            roots=source_roots,
+            errors_before_fail_fast=storage_errors_before_fail_fast,
+            cooldown_s=storage_cooldown_s,
+        )
 
     def process(self, record: EditRecord) -> Iterator[Any]:
         uri = record.row.source
@@ -197,14 +203,14 @@ class FetchImage(beam.DoFn):
             yield record
             return
         try:
-            data = read_bounded(uri, self._max_bytes)
+            data = self._reader.read(uri)
             try:
                 img = decode_image(data, max_pixels=self._max_pixels)
             except ImageError as exc:
                 raise ImageError(f"{exc} ({uri})") from exc
             width, height = img.size
             img.close()
-        except ImageError as exc:
+        except SourceError as exc:
             yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_FETCH, str(exc)))
             return
         except Exception as exc:  # never let one row take the bundle down
@@ -220,11 +226,14 @@ class FetchImage(beam.DoFn):
 
 
 class FetchImages(beam.PTransform):
-    """``EditRecord`` -> outputs ``ok`` (records with source facts) and ``failed`` (``Failure``)."""
+    """``EditRecord`` -> outputs ``ok`` (records with source facts) and ``failed`` (``Failure``).
 
-    def __init__(self, *, max_image_bytes: int, max_pixels: int):
+    Keyword arguments are those of ``FetchImage``.
+    """
+
+    def __init__(self, **fetch_options: Any):
         super().__init__()
-        self._fn = FetchImage(max_image_bytes=max_image_bytes, max_pixels=max_pixels)
+        self._fn = FetchImage(**fetch_options)
 
     def expand(self, records: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return records | "Fetch" >> beam.ParDo(self._fn).with_outputs(FAILED, main=OK)
