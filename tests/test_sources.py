@@ -399,17 +399,27 @@ def test_errors_of_different_kinds_do_not_add_up():
         ConnectionError("a"),
         gexc.ServiceUnavailable("b"),
         ConnectionError("c"),
-        PermissionError(13, "d"),
+        gexc.Forbidden("d"),
     ]
     for failure in kinds:
         storage.failure = failure
         with pytest.raises(StorageError):
             reader.read("gs://b/x")
-    storage.failure = PermissionError(13, "denied")
+    storage.failure = gexc.Forbidden("denied")
     with pytest.raises(StorageError):
-        reader.read("gs://b/y")  # second PermissionError in a row: opens
-    with pytest.raises(FailingFast, match=r"the last 2 reads from gs://b failed with PermissionError"):
+        reader.read("gs://b/y")  # second Forbidden in a row: opens
+    with pytest.raises(FailingFast, match=r"the last 2 reads from gs://b failed with Forbidden"):
         reader.read("gs://b/z")
+
+
+def test_local_permission_errors_fail_their_row_only():
+    storage = FakeStorage()
+    reader = SourceReader(max_bytes=10_000, errors_before_fail_fast=2, opener=storage, breakers=Breakers())
+    storage.failure = PermissionError(13, "Permission denied")
+    for name in ("a", "b", "c"):
+        with pytest.raises(SourceError, match="Permission denied") as caught:
+            reader.read(f"/data/{name}.png")
+        assert not isinstance(caught.value, (StorageError, FailingFast))
 
 
 @pytest.mark.timeout(60)
@@ -443,7 +453,7 @@ def test_timeouts_count_toward_fail_fast():
     [
         (FileNotFoundError(2, "x"), None),
         (NotADirectoryError(20, "x"), None),
-        (PermissionError(13, "x"), "PermissionError"),
+        (PermissionError(13, "x"), None),  # one local file's permissions: not the storage's health
         (OSError(5, "I/O error"), "OSError"),
         (TimeoutError("x"), "TimeoutError"),
         (gexc.NotFound("x"), None),

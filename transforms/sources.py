@@ -33,7 +33,7 @@ Sources are untrusted paths. What this module guarantees for every read (``Sourc
   through ``FileSystems.open``, bounded by the deadline alone.
 - **Fail fast.** A per-process circuit breaker per storage location (``gs://bucket``, ``scheme://host``,
   ``local``): after K consecutive storage errors of the same kind there (connection errors, timeouts,
-  5xx, permission errors), further reads fail at once for ``limits.storage_cooldown_s``; then one probe
+  5xx, 401/403/408/429; not a local file's own permissions), further reads fail at once for ``limits.storage_cooldown_s``; then one probe
   read is let through, and a success closes the breaker (a failure opens it again). An answer from the
   storage (the bytes, "not found", a refusal of what the source is) resets the streak.
 """
@@ -61,8 +61,18 @@ _CHUNK = 1 << 20  # bytes per read call: the deadline is checked between them
 _GCS_REQUEST_BYTES = 8 << 20  # bytes per ranged GET on gs://
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)")
 _PROC_FD = "/proc/self/fd"
-# Errors that prove the storage answered about the path: they say nothing about its health.
-_ANSWER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EISDIR, errno.ENXIO}
+# Errors that prove the storage answered about the path: they say nothing about its health. A local
+# file's permissions are its own (EACCES on one file says nothing of the next); a bucket's 403 is not.
+_ANSWER_ERRNOS = {
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+    errno.EISDIR,
+    errno.ENXIO,
+    errno.EACCES,
+    errno.EPERM,
+}
 # HTTP statuses that are a storage failure; any other 4xx is an answer (404, 400, 412, 416, ...).
 _FAILURE_STATUSES = {401, 403, 408, 429}
 
