@@ -198,6 +198,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_BAD_INPUT
+    _warn_skipped(console, [f"{s['path']}: {s['reason']}" for s in report.skipped_files])
     if args.html:
         from apache_beam.io.filesystems import FileSystems
 
@@ -246,6 +247,14 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _warn_skipped(console: Console, lines: list[str]) -> None:
+    """One warning line per file that was not read (the figures are of the rest)."""
+    from rich.markup import escape
+
+    for line in lines:
+        console.print(f"[yellow]warning:[/yellow] skipped {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -258,11 +267,13 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
 
     from pipeline.status import read_latest
 
+    skipped: list = []
     try:
-        latest = read_latest(args.output)
+        latest = read_latest(args.output, skipped=skipped)
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return EXIT_BAD_INPUT
+    _warn_skipped(console, [str(item) for item in skipped])
     if latest.num_rows == 0:
         console.print(f"no provenance under {args.output}", highlight=False)
         return EXIT_BAD_INPUT

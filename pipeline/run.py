@@ -15,7 +15,6 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
@@ -30,6 +29,15 @@ from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
+from transforms.tables import (
+    PartFileError,
+    SkippedFile,
+    list_run_table,
+    log_skipped,
+    new_attempt,
+    read_part_files,
+    remove_older_attempts,
+)
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
 
@@ -91,29 +99,66 @@ def _reads_blueprints(spec: JobSpec) -> bool:
     return spec.stage == "paint" or (spec.designer.cache and spec.designer.kind != "none")
 
 
-def read_provenance(output: str, run_id: str | None = None) -> pa.Table:
+def read_provenance(
+    output: str, run_id: str | None = None, *, skipped: list[SkippedFile] | None = None
+) -> pa.Table:
     """All provenance rows under ``output`` (or one run's), through Beam filesystems (local or gs://)."""
-    return read_run_table(output, "provenance", PROVENANCE_SCHEMA, run_id)
+    return read_run_table(output, "provenance", PROVENANCE_SCHEMA, run_id, skipped=skipped)
 
 
-def read_blueprints(output: str, run_id: str | None = None) -> pa.Table:
+def read_blueprints(
+    output: str, run_id: str | None = None, *, skipped: list[SkippedFile] | None = None
+) -> pa.Table:
     """All blueprint-table rows under ``output`` (or one run's)."""
-    return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id)
+    return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id, skipped=skipped)
 
 
 def read_run_table(
-    output: str, table: str, schema: pa.Schema, run_id: str | None = None, part: str | None = None
+    output: str,
+    table: str,
+    schema: pa.Schema,
+    run_id: str | None = None,
+    part: str | None = None,
+    *,
+    skipped: list[SkippedFile] | None = None,
 ) -> pa.Table:
-    """Rows of ``table`` (provenance | blueprints) of one run or all; ``part`` limits it to one shard's files."""
-    run_glob = f"run={run_id}" if run_id else "run=*"
-    pattern = FileSystems.join(output, table, run_glob, f"{part}-*.parquet" if part else "*.parquet")
-    tables = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as handle:
-            tables.append(pq.read_table(pa.BufferReader(handle.read()), schema=schema))
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    """Rows of ``table`` (provenance | blueprints) of one run or all; ``part`` limits it to one shard's files.
+
+    Each (run, part) contributes its newest complete write attempt only, so a rerun of a run id never
+    counts a row twice. Files left out (older or incomplete attempts, damaged files, foreign names)
+    are appended to ``skipped`` with the reason, or logged as warnings when no list is given.
+    """
+    listing = list_run_table(output, table, run_id, part)
+    rows, damaged = read_part_files(listing.files, schema)
+    left_out = [*listing.ignored, *damaged]
+    if skipped is None:
+        log_skipped(left_out, table)
+    else:
+        skipped.extend(left_out)
+    return rows
+
+
+def own_attempt_files(output: str, table: str, run_id: str, part: str, attempt: str) -> list[str]:
+    """The files this run just wrote to ``table``; ``PartFileError`` naming the folder if they are not
+    all there (never a silent fall-back to an earlier attempt's rows)."""
+    listing = list_run_table(output, table, run_id, part)
+    chosen = listing.chosen_for(run_id, part)
+    if chosen is None or chosen.tag != attempt:
+        folder = FileSystems.join(output, table, f"run={run_id}")
+        own = [str(s) for s in listing.ignored if attempt in s.path]
+        raise PartFileError(
+            f"{folder}: the {table} files this run wrote ({part}-{attempt}-*.parquet) are missing or "
+            f"incomplete; {'; '.join(own[:5]) if own else 'none found'}"
+        )
+    return [f.path for f in chosen.files]
+
+
+def read_own_table(
+    output: str, table: str, schema: pa.Schema, run_id: str, part: str, attempt: str
+) -> pa.Table:
+    """This run's own result rows: every file must be there and readable, else ``PartFileError``."""
+    rows, _ = read_part_files(own_attempt_files(output, table, run_id, part, attempt), schema, strict=True)
+    return rows
 
 
 def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
@@ -140,6 +185,7 @@ def run_job(
     if shard is not None and run_id is None:
         raise ValueError("a sharded run needs a run id shared by all its shards (--run-id or DIMFLOW_RUN_ID)")
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    attempt = new_attempt()  # tags this run's part files; see transforms/tables.py
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
@@ -167,6 +213,7 @@ def run_job(
             blueprint_files=earlier_blueprints,
             shard=shard,
             provenance_files=provenance_files(spec.output) if spec.incremental else [],
+            attempt=attempt,
         )
         if local:
             with LiveProgress(listener, console):
@@ -178,7 +225,14 @@ def run_job(
     # A design run's result is its blueprint table; the other stages' is the provenance.
     table_name = "blueprints" if spec.stage == "design" else "provenance"
     schema = BLUEPRINT_SCHEMA if spec.stage == "design" else PROVENANCE_SCHEMA
-    table = read_run_table(spec.output, table_name, schema, run_id, part=edit.part_name(shard))
+    part = edit.part_name(shard)
+    table = read_own_table(spec.output, table_name, schema, run_id, part, attempt)
+    written = {"all": ("blueprints", "provenance"), "design": ("blueprints",), "paint": ("provenance",)}
+    for name in written[spec.stage]:
+        if name != table_name:
+            own_attempt_files(spec.output, name, run_id, part, attempt)  # complete before anything is deleted
+    for name in written[spec.stage]:
+        _remove_older_attempts(spec.output, name, run_id, part, attempt, console)
     counts = dict(Counter(table.column("status").to_pylist()))
     record = {
         "run_id": run_id,
@@ -206,6 +260,31 @@ def run_job(
         images_dir=FileSystems.join(spec.output, "images"),
         failures=first_failures(table),
     )
+
+
+def _remove_older_attempts(
+    output: str, table: str, run_id: str, part: str, attempt: str, console: Console
+) -> None:
+    """A rerun of this run id and part replaces the earlier rows: delete the older attempts' files.
+
+    Readers already ignore them; a failed delete leaves them ignored (and named in warnings) but does
+    not fail a run whose own output is complete.
+    """
+    try:
+        removed = remove_older_attempts(output, table, run_id, part, attempt)
+    except Exception as exc:
+        console.print(
+            f"[yellow]warning:[/yellow] could not delete the older {table} files of run {run_id} ({part}): "
+            f"{type(exc).__name__}: {exc}; readers ignore them, delete them by hand",
+            highlight=False,
+        )
+        return
+    if removed:
+        console.print(
+            f"run {run_id} ({part}) was written before: replaced its earlier {table} rows "
+            f"({len(removed)} older file(s) deleted)",
+            highlight=False,
+        )
 
 
 def first_failures(table: pa.Table, limit: int = 10) -> list[dict[str, Any]]:
