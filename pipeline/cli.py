@@ -209,6 +209,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     except (OSError, ValueError) as exc:
         console.print(labelled("error:", exc))
         return EXIT_BAD_INPUT
+    _warn_skipped(console, [f"{s['path']}: {s['reason']}" for s in report.skipped_files])
     if args.html:
         from apache_beam.io.filesystems import FileSystems
 
@@ -258,6 +259,12 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _warn_skipped(console: Console, lines: list[str]) -> None:
+    """One warning line per file that was not read (the figures are of the rest)."""
+    for line in lines:
+        console.print(labelled("warning:", f"skipped {line}", style="yellow"), soft_wrap=True)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "-"
@@ -270,11 +277,13 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
 
     from pipeline.status import read_latest
 
+    skipped: list = []
     try:
-        latest = read_latest(args.output)
+        latest = read_latest(args.output, skipped=skipped)
     except (OSError, ValueError) as exc:
         console.print(labelled("error:", exc))
         return EXIT_BAD_INPUT
+    _warn_skipped(console, [str(item) for item in skipped])
     if latest.num_rows == 0:
         console.print(text(f"no provenance under {args.output}"))
         return EXIT_BAD_INPUT

@@ -103,7 +103,8 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
 
 
 def part_name(shard: Shard | None) -> str:
-    """Part-file prefix: ``part`` or ``part-shard-00003-of-00008`` (shards never overwrite each other)."""
+    """Part-file prefix: ``part`` or ``part-shard-00003-of-00008`` (shards never overwrite each other;
+    a rerun of the same run id and shard replaces exactly this prefix's earlier rows)."""
     return "part" if shard is None else f"part-{shard.name}"
 
 
@@ -248,6 +249,7 @@ def build(
     blueprint_files: list[str] | None = None,
     shard: Shard | None = None,
     provenance_files: list[str] | None = None,
+    attempt: str,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
@@ -256,6 +258,8 @@ def build(
     ``designer.cache`` is on, so unchanged rows cost no designer call. With ``shard`` only the rows
     whose id hashes to it are processed, and part files are named after it. ``provenance_files`` are
     earlier runs' provenance, which an incremental run joins on render key to skip rendered rows.
+    ``attempt`` (``tables.new_attempt()``) tags this write's part files, so a rerun of the same run id
+    and shard replaces its earlier rows instead of adding to them (see transforms/tables.py).
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
@@ -296,7 +300,7 @@ def build(
         if spec.stage == "design" and progress is not None:  # a design run reports its blueprint rows
             blueprints = blueprints | "Progress" >> progress
         blueprints | "WriteBlueprints" >> WriteRunTable(
-            spec.output, "blueprints", run_id, BLUEPRINT_SCHEMA, part
+            spec.output, "blueprints", run_id, BLUEPRINT_SCHEMA, attempt, part
         )
     if spec.stage == "design":
         return
@@ -339,4 +343,6 @@ def build(
     )
     if progress is not None:
         rows = rows | "Progress" >> progress
-    rows | "WriteProvenance" >> WriteRunTable(spec.output, "provenance", run_id, PROVENANCE_SCHEMA, part)
+    rows | "WriteProvenance" >> WriteRunTable(
+        spec.output, "provenance", run_id, PROVENANCE_SCHEMA, attempt, part
+    )

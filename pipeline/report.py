@@ -17,6 +17,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.run import read_provenance
+from transforms.tables import SkippedFile, log_skipped
 
 STATUSES = ("ok", "failed", "skipped")
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -43,6 +44,9 @@ class RunReport:
     retries: int
     previous: dict[str, Any] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+    # Files under the output that were not read: damaged part files, older or incomplete writes,
+    # unreadable run records ({path, reason}); the figures above are of the rest.
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "spec"}
@@ -63,8 +67,11 @@ def error_kind(error: str | None) -> str:
     return text[:100] or "(no message)"
 
 
-def read_run_records(output: str) -> dict[str, dict[str, Any]]:
-    """run_id -> run record (sharded runs: the shards' records merged: counts summed, earliest start)."""
+def read_run_records(output: str, skipped: list[SkippedFile] | None = None) -> dict[str, dict[str, Any]]:
+    """run_id -> run record (sharded runs: the shards' records merged: counts summed, earliest start).
+
+    A record that cannot be read is left out and appended to ``skipped`` with the reason.
+    """
     pattern = FileSystems.join(output, "runs", "*.json")
     try:
         matches = FileSystems.match([pattern])[0].metadata_list
@@ -72,9 +79,23 @@ def read_run_records(output: str) -> dict[str, dict[str, Any]]:
         return {}
     records: dict[str, dict[str, Any]] = {}
     for match in matches:
-        with FileSystems.open(match.path) as handle:
-            record = json.loads(handle.read().decode("utf-8"))
-        run_id = record["run_id"]
+        try:
+            with FileSystems.open(match.path) as handle:
+                record = json.loads(handle.read().decode("utf-8"))
+            for key in ("run_id", "started_at", "finished_at"):
+                if not isinstance(record.get(key), str):
+                    raise ValueError(f"field {key!r} is not a string")
+            run_id = record["run_id"]
+            counts = record.get("counts", {})
+            if not isinstance(counts, dict) or not all(isinstance(counts.get(s, 0), int) for s in STATUSES):
+                raise ValueError("field 'counts' is not a map of status to row count")
+        except Exception as exc:
+            item = SkippedFile(match.path, f"unreadable run record ({type(exc).__name__}: {exc}); not read")
+            if skipped is None:
+                log_skipped([item], "runs")
+            else:
+                skipped.append(item)
+            continue
         merged = records.setdefault(run_id, {**record, "counts": dict.fromkeys(STATUSES, 0)})
         for status in STATUSES:
             merged["counts"][status] += record.get("counts", {}).get(status, 0)
@@ -212,7 +233,8 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 def build_report(output: str, run_id: str | None = None) -> tuple[RunReport, pa.Table]:
     """The report of ``run_id`` (default: the newest run) with the previous run's headline figures."""
-    table = read_provenance(output)
+    skipped: list[SkippedFile] = []
+    table = read_provenance(output, skipped=skipped)
     if table.num_rows == 0:
         raise ValueError(f"no provenance under {output}")
     con = _connect(table)
@@ -220,9 +242,10 @@ def build_report(output: str, run_id: str | None = None) -> tuple[RunReport, pa.
     chosen = run_id or order[-1]
     if chosen not in order:
         raise ValueError(f"run {chosen!r} has no provenance under {output}; runs: {', '.join(order[-10:])}")
-    records = read_run_records(output)
+    records = read_run_records(output, skipped)
     spec = records.get(chosen, {}).get("spec", {})
     report = compute(con, chosen, spec)
+    report.skipped_files = [item.as_json() for item in skipped]
     index = order.index(chosen)
     if index > 0:
         previous_id = order[index - 1]

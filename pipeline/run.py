@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import glob
 import json
 import logging
@@ -13,22 +14,23 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
+from rich.text import Text
 
 from pipeline import edit, interrupt, preflight
 from pipeline.preflight import PreflightError
 from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
 from pipeline.spec import JobSpec
+from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
@@ -37,6 +39,15 @@ from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
 from transforms.storage import is_remote, write_atomic
+from transforms.tables import (
+    PartFileError,
+    SkippedFile,
+    list_run_table,
+    log_skipped,
+    new_attempt,
+    read_part_files,
+    remove_older_attempts,
+)
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
 
@@ -109,29 +120,66 @@ def _reads_blueprints(spec: JobSpec) -> bool:
     return spec.stage == "paint" or (spec.designer.cache and spec.designer.kind != "none")
 
 
-def read_provenance(output: str, run_id: str | None = None) -> pa.Table:
+def read_provenance(
+    output: str, run_id: str | None = None, *, skipped: list[SkippedFile] | None = None
+) -> pa.Table:
     """All provenance rows under ``output`` (or one run's), through Beam filesystems (local or gs://)."""
-    return read_run_table(output, "provenance", PROVENANCE_SCHEMA, run_id)
+    return read_run_table(output, "provenance", PROVENANCE_SCHEMA, run_id, skipped=skipped)
 
 
-def read_blueprints(output: str, run_id: str | None = None) -> pa.Table:
+def read_blueprints(
+    output: str, run_id: str | None = None, *, skipped: list[SkippedFile] | None = None
+) -> pa.Table:
     """All blueprint-table rows under ``output`` (or one run's)."""
-    return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id)
+    return read_run_table(output, "blueprints", BLUEPRINT_SCHEMA, run_id, skipped=skipped)
 
 
 def read_run_table(
-    output: str, table: str, schema: pa.Schema, run_id: str | None = None, part: str | None = None
+    output: str,
+    table: str,
+    schema: pa.Schema,
+    run_id: str | None = None,
+    part: str | None = None,
+    *,
+    skipped: list[SkippedFile] | None = None,
 ) -> pa.Table:
-    """Rows of ``table`` (provenance | blueprints) of one run or all; ``part`` limits it to one shard's files."""
-    run_glob = f"run={run_id}" if run_id else "run=*"
-    pattern = FileSystems.join(output, table, run_glob, f"{part}-*.parquet" if part else "*.parquet")
-    tables = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as handle:
-            tables.append(pq.read_table(pa.BufferReader(handle.read()), schema=schema))
-    if not tables:
-        return schema.empty_table()
-    return pa.concat_tables(tables)
+    """Rows of ``table`` (provenance | blueprints) of one run or all; ``part`` limits it to one shard's files.
+
+    Each (run, part) contributes its newest complete write attempt only, so a rerun of a run id never
+    counts a row twice. Files left out (older or incomplete attempts, damaged files, foreign names)
+    are appended to ``skipped`` with the reason, or logged as warnings when no list is given.
+    """
+    listing = list_run_table(output, table, run_id, part)
+    rows, damaged = read_part_files(listing.files, schema)
+    left_out = [*listing.ignored, *damaged]
+    if skipped is None:
+        log_skipped(left_out, table)
+    else:
+        skipped.extend(left_out)
+    return rows
+
+
+def own_attempt_files(output: str, table: str, run_id: str, part: str, attempt: str) -> list[str]:
+    """The files this run just wrote to ``table``; ``PartFileError`` naming the folder if they are not
+    all there (never a silent fall-back to an earlier attempt's rows)."""
+    listing = list_run_table(output, table, run_id, part)
+    chosen = listing.chosen_for(run_id, part)
+    if chosen is None or chosen.tag != attempt:
+        folder = FileSystems.join(output, table, f"run={run_id}")
+        own = [str(s) for s in listing.ignored if attempt in s.path]
+        raise PartFileError(
+            f"{folder}: the {table} files this run wrote ({part}-{attempt}-*.parquet) are missing or "
+            f"incomplete; {'; '.join(own[:5]) if own else 'none found'}"
+        )
+    return [f.path for f in chosen.files]
+
+
+def read_own_table(
+    output: str, table: str, schema: pa.Schema, run_id: str, part: str, attempt: str
+) -> pa.Table:
+    """This run's own result rows: every file must be there and readable, else ``PartFileError``."""
+    rows, _ = read_part_files(own_attempt_files(output, table, run_id, part, attempt), schema, strict=True)
+    return rows
 
 
 def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
@@ -141,19 +189,21 @@ def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
     return uri
 
 
-def remove_unfinished(output: str, run_id: str) -> None:
-    """After a run broke or was interrupted: Beam's temp folders of this run's tables, and the run's table
-    folders if nothing else is in them (finished part files and images stay: a rerun reuses them)."""
+def remove_unfinished(output: str, run_id: str, part: str, attempt: str) -> None:
+    """After a run broke or was interrupted: Beam's temp folders of this attempt's part files (never those
+    of another shard writing into the same run folder), and the run's table folders if nothing else is in
+    them (finished part files and images stay: a rerun reuses them)."""
     for table in ("provenance", "blueprints"):
         folder = FileSystems.join(output, table, f"run={run_id}")
+        temp_prefix = f"beam-temp-{part}-{attempt}-"
         try:
             if is_remote(folder):  # object stores: the temp objects themselves (no folders to remove)
-                pattern = FileSystems.join(folder, "beam-temp-**")
+                pattern = FileSystems.join(folder, temp_prefix + "**")
                 temps = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
                 if temps:
                     FileSystems.delete(temps)
                 continue
-            for temp in glob.glob(os.path.join(glob.escape(folder), "beam-temp-*")):
+            for temp in glob.glob(os.path.join(glob.escape(folder), glob.escape(temp_prefix) + "*")):
                 shutil.rmtree(temp)
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
@@ -178,6 +228,7 @@ def run_job(
     if shard is not None and run_id is None:
         raise ValueError("a sharded run needs a run id shared by all its shards (--run-id or DIMFLOW_RUN_ID)")
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    attempt = new_attempt()  # tags this run's part files; see transforms/tables.py
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
@@ -195,7 +246,8 @@ def run_job(
     preflight.check_writable(spec.output)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
-    with ProgressListener() as listener, _cleanup_on_failure(spec.output, run_id):
+    unfinished = functools.partial(remove_unfinished, spec.output, run_id, edit.part_name(shard), attempt)
+    with ProgressListener() as listener, _cleanup_on_failure(unfinished):
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
         pipeline = beam.Pipeline(options=options)
         edit.build(
@@ -208,6 +260,7 @@ def run_job(
             blueprint_files=earlier_blueprints,
             shard=shard,
             provenance_files=provenance_files(spec.output) if spec.incremental else [],
+            attempt=attempt,
         )
         if local:
             with LiveProgress(listener, console):
@@ -219,7 +272,14 @@ def run_job(
     # A design run's result is its blueprint table; the other stages' is the provenance.
     table_name = "blueprints" if spec.stage == "design" else "provenance"
     schema = BLUEPRINT_SCHEMA if spec.stage == "design" else PROVENANCE_SCHEMA
-    table = read_run_table(spec.output, table_name, schema, run_id, part=edit.part_name(shard))
+    part = edit.part_name(shard)
+    table = read_own_table(spec.output, table_name, schema, run_id, part, attempt)
+    written = {"all": ("blueprints", "provenance"), "design": ("blueprints",), "paint": ("provenance",)}
+    for name in written[spec.stage]:
+        if name != table_name:
+            own_attempt_files(spec.output, name, run_id, part, attempt)  # complete before anything is deleted
+    for name in written[spec.stage]:
+        _remove_older_attempts(spec.output, name, run_id, part, attempt, console)
     counts = dict(Counter(table.column("status").to_pylist()))
     record = {
         "run_id": run_id,
@@ -250,14 +310,44 @@ def run_job(
 
 
 @contextlib.contextmanager
-def _cleanup_on_failure(output: str, run_id: str) -> Iterator[None]:
-    """Remove the run's temp files when the pipeline raises, and when the process is interrupted."""
-    with interrupt.cleanup(lambda: remove_unfinished(output, run_id)):
+def _cleanup_on_failure(cleanup: Callable[[], None]) -> Iterator[None]:
+    """Run ``cleanup`` (the run's temp files) when the pipeline raises, and when the process is interrupted."""
+    with interrupt.cleanup(cleanup):
         try:
             yield
         except BaseException:
-            remove_unfinished(output, run_id)
+            cleanup()
             raise
+
+
+def _remove_older_attempts(
+    output: str, table: str, run_id: str, part: str, attempt: str, console: Console
+) -> None:
+    """A rerun of this run id and part replaces the earlier rows: delete the older attempts' files.
+
+    Readers already ignore them; a failed delete leaves them ignored (and named in warnings) but does
+    not fail a run whose own output is complete.
+    """
+    try:
+        removed = remove_older_attempts(output, table, run_id, part, attempt)
+    except Exception as exc:
+        console.print(
+            Text.assemble(
+                ("warning:", "yellow"),
+                printable(
+                    f" could not delete the older {table} files of run {run_id} ({part}): "
+                    f"{type(exc).__name__}: {exc}; readers ignore them, delete them by hand"
+                ),
+            )
+        )
+        return
+    if removed:
+        console.print(
+            text(
+                f"run {run_id} ({part}) was written before: replaced its earlier {table} rows "
+                f"({len(removed)} older file(s) deleted)"
+            )
+        )
 
 
 def first_failures(table: pa.Table, limit: int = 10) -> list[dict[str, Any]]:

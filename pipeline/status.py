@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.run import read_provenance
+from transforms.tables import SkippedFile
 
 LATEST_SCHEMA = pa.schema(
     [
@@ -68,5 +69,7 @@ def latest_per_id(provenance: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(ordered, schema=LATEST_SCHEMA)
 
 
-def read_latest(output: str) -> pa.Table:
-    return latest_per_id(read_provenance(output))
+def read_latest(output: str, *, skipped: list[SkippedFile] | None = None) -> pa.Table:
+    """The latest state per id; provenance files that were left out (damaged, an older or incomplete
+    write) go to ``skipped`` with the reason (logged when no list is given)."""
+    return latest_per_id(read_provenance(output, skipped=skipped))

@@ -17,22 +17,24 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.schema import BLUEPRINT_SCHEMA
 from transforms.secrets import Scrubber
 from transforms.storage import write_atomic
-from transforms.tables import run_table_files
+from transforms.tables import ReadPartFiles, list_run_table, log_skipped
 
 MISSING = "missing"
 _READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
 
 
 def blueprint_files(output: str) -> list[str]:
-    """Every blueprint part file of every earlier run under ``output`` (none: an empty list)."""
-    return run_table_files(output, "blueprints")
+    """The blueprint part files of every earlier run under ``output`` (newest complete write of each run
+    and shard; none: an empty list); files left out are logged with the reason."""
+    listing = list_run_table(output, "blueprints")
+    log_skipped(listing.ignored, "blueprints")
+    return listing.files
 
 
 def blueprint_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
@@ -159,7 +161,8 @@ class LookupBlueprints(beam.PTransform):
             entries = (
                 pipeline
                 | "BlueprintFiles" >> beam.Create(self._files)
-                | "ReadBlueprints" >> ReadAllFromParquet(columns=_READ_COLUMNS)
+                | "ReadBlueprints"
+                >> beam.ParDo(ReadPartFiles(_READ_COLUMNS))  # skips a damaged file, naming it
                 | "KeyEntries" >> beam.Map(lambda e: (e["design_key"], e))
                 | "Usable" >> beam.Filter(lambda kv: kv[0] is not None)
             )

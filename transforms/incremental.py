@@ -15,17 +15,20 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms import images
-from transforms.tables import run_table_files
+from transforms.tables import ReadPartFiles, list_run_table, log_skipped
 
 TODO = "todo"
 _COLUMNS = ["status", "render_key", "output_uri", "output_sha256", "blueprint", "designer", "design_key"]
 
 
 def provenance_files(output: str) -> list[str]:
-    return run_table_files(output, "provenance")
+    """Earlier runs' provenance files to join on (newest complete write of each run and shard);
+    files left out are logged with the reason."""
+    listing = list_run_table(output, "provenance")
+    log_skipped(listing.ignored, "provenance")
+    return listing.files
 
 
 def _sha256(uri: str) -> str:
@@ -73,7 +76,7 @@ class SkipRendered(beam.PTransform):
             earlier = (
                 records.pipeline
                 | "ProvenanceFiles" >> beam.Create(self._files)
-                | "ReadProvenance" >> ReadAllFromParquet(columns=_COLUMNS)
+                | "ReadProvenance" >> beam.ParDo(ReadPartFiles(_COLUMNS))  # skips a damaged file, naming it
                 | "Rendered" >> beam.Filter(lambda e: e.get("render_key") is not None)
                 | "KeyEntries" >> beam.Map(lambda e: (e["render_key"], e))
             )
