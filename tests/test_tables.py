@@ -169,6 +169,48 @@ def test_incomplete_newest_falls_back_to_the_older_complete_attempt(tmp_path):
     }
 
 
+def test_a_rerun_with_another_shard_layout_replaces_the_earlier_layout(tmp_path):
+    two = [new_attempt() for _ in range(2)]
+    three = [new_attempt() for _ in range(3)]
+    for index, tag in enumerate(two):
+        _write_attempt(tmp_path, "r", IDS[index::2], 1, part=f"part-shard-{index:05d}-of-00002", tag=tag)
+    listing = list_run_table(str(tmp_path), "provenance", "r")
+    assert len(read_part_files(listing.files, PROVENANCE_SCHEMA)[0]) == 6
+    for index, tag in enumerate(three):  # the same run id rerun with 3 shards
+        _write_attempt(tmp_path, "r", IDS[index::3], 1, part=f"part-shard-{index:05d}-of-00003", tag=tag)
+    listing = list_run_table(str(tmp_path), "provenance", "r")
+    table, _ = read_part_files(listing.files, PROVENANCE_SCHEMA)
+    assert sorted(table.column("id").to_pylist()) == sorted(IDS)  # once each, not twice
+    assert {a.part for a in listing.chosen} == {f"part-shard-{i:05d}-of-00003" for i in range(3)}
+    assert len(listing.ignored) == 2 and all(
+        "with 2 shards, superseded by a rerun with 3 shards" in i.reason for i in listing.ignored
+    )
+
+    unsharded = new_attempt()  # and once more without shards
+    _write_attempt(tmp_path, "r", IDS, 2, tag=unsharded)
+    listing = list_run_table(str(tmp_path), "provenance", "r")
+    assert [a.part for a in listing.chosen] == ["part"] and len(listing.ignored) == 5
+
+    removed = remove_older_attempts(str(tmp_path), "provenance", "r", "part", unsharded)
+    assert len(removed) == 5
+    assert [p.name.split("-a")[0] for p in sorted((tmp_path / "provenance" / "run=r").iterdir())] == [
+        "part",
+        "part",
+    ]
+
+
+def test_clean_up_of_one_shard_keeps_its_sibling_shards(tmp_path):
+    old = _write_attempt(tmp_path, "r", IDS, 1, part="part", tag=new_attempt())[0]
+    tags = [new_attempt() for _ in range(2)]
+    for index in range(2):
+        _write_attempt(
+            tmp_path, "r", IDS[index::2], 1, part=f"part-shard-{index:05d}-of-00002", tag=tags[index]
+        )
+    removed = remove_older_attempts(str(tmp_path), "provenance", "r", "part-shard-00000-of-00002", tags[0])
+    assert removed == [str(old)]  # the unsharded layout goes; shard 1 of the same layout stays
+    assert len(list((tmp_path / "provenance" / "run=r").iterdir())) == 2
+
+
 def test_clean_up_removes_only_older_attempts_of_its_own_run_and_part(tmp_path):
     older, own, newer = sorted(new_attempt() for _ in range(3))
     incomplete = _write_attempt(tmp_path, "r1", IDS, 3, tag=older)
@@ -178,11 +220,12 @@ def test_clean_up_removes_only_older_attempts_of_its_own_run_and_part(tmp_path):
         *_write_attempt(tmp_path, "r1", IDS, 1),
         *_write_attempt(tmp_path, "r1", IDS, 2, tag=older),
         incomplete[0],
+        # an older shard layout of the same run id: readers no longer read it (see the layout test)
+        *_write_attempt(tmp_path, "r1", IDS, 1, part="part-shard-00000-of-00002"),
     ]
     kept = [
         *_write_attempt(tmp_path, "r1", IDS, 2, tag=own),
         *_write_attempt(tmp_path, "r1", IDS, 1, tag=newer),  # another writer's: not ours to delete
-        *_write_attempt(tmp_path, "r1", IDS, 1, part="part-shard-00000-of-00002"),  # another shard
         *_write_attempt(tmp_path, "r2", IDS, 1),  # another run
     ]
     foreign = tmp_path / "provenance" / "run=r1" / "notes.parquet"

@@ -43,6 +43,7 @@ ATTEMPT_TAG = re.compile(_TAG)
 PART_FILE = re.compile(
     rf"(?P<part>.+?)(?:-(?P<attempt>{_TAG}))?-(?P<index>\d{{5,}})-of-(?P<count>\d{{5,}})\.parquet"
 )
+_SHARDED_PART = re.compile(r"part-shard-\d{5,}-of-(?P<count>\d{5,})")
 LEGACY = ""  # the attempt tag of files named before attempt tags existed
 METRICS_NAMESPACE = "dimflow.tables"
 DAMAGED_COUNTER = "damaged_part_files"
@@ -213,7 +214,42 @@ def list_run_table(
                     "(left by a rerun of the same run id whose clean-up has not run)"
                 )
             ignored.extend(SkippedFile(f.path, reason) for f in attempt.files)
+    chosen = _newest_layout(chosen, ignored)
     return TableListing(chosen=tuple(chosen), ignored=tuple(ignored), attempts=tuple(every))
+
+
+def shard_layout(part: str) -> int:
+    """How many shards wrote a part prefix: N for ``part-shard-0000I-of-0000N``, 0 for an unsharded ``part``."""
+    found = _SHARDED_PART.fullmatch(part)
+    return int(found["count"]) if found else 0
+
+
+def _newest_layout(chosen: list[Attempt], ignored: list[SkippedFile]) -> list[Attempt]:
+    """Per run, the parts of the shard layout written last; another layout's parts go to ``ignored``.
+
+    A run id rerun with another shard count (or unsharded after sharded) splits the ids differently, so
+    its parts cannot be combined with the earlier layout's without counting rows twice.
+    """
+    layouts: dict[str, dict[int, list[Attempt]]] = {}
+    for attempt in chosen:
+        layouts.setdefault(attempt.run_id, {}).setdefault(shard_layout(attempt.part), []).append(attempt)
+    kept: list[Attempt] = []
+    for run, by_layout in layouts.items():
+        newest = max(by_layout, key=lambda n: max(a.order for a in by_layout[n]))
+        for layout, attempts in by_layout.items():
+            if layout == newest:
+                kept.extend(attempts)
+                continue
+            reason = (
+                f"written by an earlier run of run id {run} with {_layout_name(layout)}, superseded by a "
+                f"rerun with {_layout_name(newest)}; not read"
+            )
+            ignored.extend(SkippedFile(f.path, reason) for a in attempts for f in a.files)
+    return sorted(kept, key=lambda a: (a.run_id, a.part))
+
+
+def _layout_name(layout: int) -> str:
+    return f"{layout} shards" if layout else "no shards"
 
 
 def log_skipped(skipped: Iterable[SkippedFile], table: str) -> None:
@@ -245,15 +281,22 @@ def read_part_files(
 
 
 def remove_older_attempts(output: str, table: str, run_id: str, part: str, attempt: str) -> list[str]:
-    """Delete the files of (run, part)'s write attempts older than ``attempt`` (untagged ones included).
+    """Delete the files of (run, part)'s write attempts older than ``attempt`` (untagged ones included),
+    and older files of the run written with another shard layout (which readers no longer read).
 
-    Newer attempts are left alone (another writer's). Returns the deleted paths.
+    Newer attempts and the other shards of the same layout are left alone. Returns the deleted paths.
     """
-    listing = list_run_table(output, table, run_id, part)
-    own = next((a for a in listing.attempts if a.tag == attempt), None)
+    listing = list_run_table(output, table, run_id)
+    own = next((a for a in listing.attempts if a.part == part and a.tag == attempt), None)
     if own is None:
         return []
-    older = [f.path for a in listing.attempts if a.order < own.order for f in a.files]
+    layout = shard_layout(part)
+    older = [
+        f.path
+        for a in listing.attempts
+        if a.order < own.order and (a.part == part or shard_layout(a.part) != layout)
+        for f in a.files
+    ]
     if older:
         FileSystems.delete(older)
     return older
