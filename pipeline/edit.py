@@ -226,13 +226,12 @@ def build(
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json)
-    raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest)
+    manifest_limits = limits.manifest_limits()
+    raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest, manifest_limits)
     if shard is not None:
         raw = raw | "KeepShard" >> beam.Filter(shard.owns)
     part = part_name(shard)
-    validated = raw | "ValidateRows" >> manifest.ValidateRows(
-        max_instruction_chars=limits.max_instruction_chars, source_roots=limits.source_roots
-    )
+    validated = raw | "ValidateRows" >> manifest.ValidateRows(manifest_limits)
     moded = validated.valid | "CheckMode" >> beam.FlatMap(
         check_mode, spec.painter.checkpoints()
     ).with_outputs(FAILED, main="ok")

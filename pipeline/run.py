@@ -26,6 +26,7 @@ from pipeline.spec import JobSpec
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
+from transforms.manifest import match_manifest
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
@@ -140,6 +141,8 @@ def run_job(
     if shard is not None and run_id is None:
         raise ValueError("a sharded run needs a run id shared by all its shards (--run-id or DIMFLOW_RUN_ID)")
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    # Refuse a bad manifest (no match, a file refused as a whole) before any work, as `validate` does.
+    match_manifest(spec.manifest, spec.limits.manifest_limits())
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
