@@ -7,6 +7,7 @@ Exit codes: 0 the run finished (rows may still have failed: see the summary and 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -107,9 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--max-pairs", type=int, default=48, help="before/after pairs per HTML page")
     report.add_argument("--page", type=int, default=1, help="which page of before/after pairs")
 
-    validate = verbs.add_parser("validate", help="check a manifest without running any model")
-    validate.add_argument("manifest", help="manifest path or glob (local or gs://)")
-    validate.add_argument("--max-instruction-chars", type=int, default=4000)
+    validate = verbs.add_parser(
+        "validate", help="check a manifest without running any model (same reading, limits and rules as run)"
+    )
+    validate.add_argument(
+        "manifest", nargs="?", help="manifest path or glob (local or gs://); default: the --spec's manifest"
+    )
+    validate.add_argument(
+        "--spec",
+        metavar="JOB.yaml",
+        help="take the manifest (when not given) and every limits.* from this job spec",
+    )
+    validate.add_argument(
+        "--max-instruction-chars",
+        type=int,
+        help="override limits.max_instruction_chars (default: the spec's, else 4000)",
+    )
     validate.add_argument("--show", type=int, default=50, help="list at most this many problems")
     return parser
 
@@ -175,16 +189,49 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
     return EXIT_OK
 
 
+def _validate_inputs(args: argparse.Namespace):
+    """(manifest, LimitsSpec, the job's row check) from --spec / the positional manifest /
+    --max-instruction-chars; with --spec, rows are also checked as the job will (painter checkpoints for
+    their mode, sources outside the output).
+
+    SpecError (a ValueError) when they do not make a usable pair.
+    """
+    from pipeline.spec import LimitsSpec, SpecError, load_spec
+
+    job_check = None
+    if args.spec:
+        from pipeline.edit import job_row_problem
+
+        spec = load_spec(args.spec)
+        manifest, limits = args.manifest or spec.manifest, spec.limits
+        job_check = functools.partial(
+            job_row_problem, checkpoints=spec.painter.checkpoints(), output=spec.output
+        )
+    elif args.manifest:
+        manifest, limits = args.manifest, LimitsSpec()
+    else:
+        raise SpecError("validate needs a manifest path or glob, or --spec JOB.yaml")
+    if args.max_instruction_chars is not None:
+        try:
+            limits = LimitsSpec.model_validate(
+                {**limits.model_dump(), "max_instruction_chars": args.max_instruction_chars}
+            )
+        except ValueError as exc:  # pydantic's ValidationError
+            raise SpecError(f"--max-instruction-chars: {exc.errors()[0]['msg']}") from None
+    return manifest, limits, job_check
+
+
 def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from transforms.manifest import validate_manifest
 
     try:
-        report = validate_manifest(args.manifest, max_instruction_chars=args.max_instruction_chars)
+        manifest, limits, job_check = _validate_inputs(args)
+        report = validate_manifest(manifest, limits.manifest_limits(), job_check)
     except (ValueError, FileNotFoundError, OSError) as exc:
-        console.print(labelled("error:", exc))
+        console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
     console.print(
-        text(f"{args.manifest}: {report.rows} rows, {report.valid} valid, {report.failed} with problems")
+        text(f"{manifest}: {report.rows} rows, {report.valid} valid, {report.failed} with problems")
     )
     if report.problems:
         table = Table(title="problems", title_justify="left")

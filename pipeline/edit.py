@@ -122,28 +122,35 @@ def inside_output(source: str, output: str) -> bool:
     return manifest.under_roots(os.path.realpath(source), [os.path.realpath(output)])
 
 
-def check_job_row(row: ManifestRow, checkpoints: dict[str, str], output: str) -> Iterable:
-    """Row checks that need the job: a checkpoint for the row's mode (edits need painter.checkpoint, t2i rows
-    painter.t2i_checkpoint), and a source outside the output tree (dimflow writes there: a source inside it
-    could be replaced, and an output that holds its own sources mixes inputs with results)."""
+def job_row_problem(row: ManifestRow, checkpoints: dict[str, str], output: str) -> manifest.Problem | None:
+    """What the job cannot do with a valid row: a row's mode needs its checkpoint (edits
+    painter.checkpoint, t2i rows painter.t2i_checkpoint), and its source must lie outside the output tree
+    (dimflow writes there: a source inside it could be replaced, and an output that holds its own
+    sources mixes inputs with results). ``dimflow validate --spec`` asks the same question."""
     mode = row_mode(row)
-    message = None
     if mode == "edit" and inside_output(row.source, output):
         message = (
-            f"{row.ref}, field 'source': {row.source!r} lies inside the job's output {output!r}; "
-            "keep sources outside the output folder"
+            f"{row.source!r} lies inside the job's output {output!r}; keep sources outside the output folder"
         )
     elif mode not in checkpoints and mode == "edit":
-        message = f"{row.ref}, field 'source': given, but painter.checkpoint is null (this job paints text-to-image only)"
+        message = "given, but painter.checkpoint is null (this job paints text-to-image only)"
     elif mode not in checkpoints:
         message = (
-            f"{row.ref}, field 'source': missing, and painter.t2i_checkpoint is not set "
+            "missing, and painter.t2i_checkpoint is not set "
             "(rows without a source are text-to-image; set it, e.g. to stdKonjac/DIM-4.6B-T2I)"
         )
-    if message is None:
+    else:
+        return None
+    return manifest.Problem(row.ref, row.id, "source", message)
+
+
+def check_job_row(row: ManifestRow, checkpoints: dict[str, str], output: str) -> Iterable:
+    """A valid row becomes an ``EditRecord``, or a failure at ``validate`` (see ``job_row_problem``)."""
+    problem = job_row_problem(row, checkpoints, output)
+    if problem is None:
         yield EditRecord(row, started_at=time.time())
     else:
-        yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, message))
+        yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, str(problem)))
 
 
 def _design(
@@ -263,13 +270,12 @@ def build(
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
-    raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest)
+    manifest_limits = limits.manifest_limits()
+    raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest, manifest_limits)
     if shard is not None:
         raw = raw | "KeepShard" >> beam.Filter(shard.owns)
     part = part_name(shard)
-    validated = raw | "ValidateRows" >> manifest.ValidateRows(
-        max_instruction_chars=limits.max_instruction_chars, source_roots=limits.source_roots
-    )
+    validated = raw | "ValidateRows" >> manifest.ValidateRows(manifest_limits)
     moded = validated.valid | "CheckJobRow" >> beam.FlatMap(
         check_job_row, spec.painter.checkpoints(), spec.output
     ).with_outputs(FAILED, main="ok")

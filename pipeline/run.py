@@ -34,6 +34,7 @@ from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
+from transforms.manifest import match_manifest
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
@@ -229,6 +230,8 @@ def run_job(
         raise ValueError("a sharded run needs a run id shared by all its shards (--run-id or DIMFLOW_RUN_ID)")
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     attempt = new_attempt()  # tags this run's part files; see transforms/tables.py
+    # Refuse a bad manifest (no match, a file refused as a whole) before any work, as `validate` does.
+    match_manifest(spec.manifest, spec.limits.manifest_limits())
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()

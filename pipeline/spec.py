@@ -15,6 +15,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from transforms.manifest_stream import (
+    MAX_INSTRUCTION_CHARS,
+    MAX_MANIFEST_BYTES,
+    MAX_NESTING,
+    MAX_ROW_BYTES,
+    NESTING_CEILING,
+    ManifestLimits,
+)
+
 
 class SpecError(ValueError):
     """A job spec that cannot be used; the message names the field."""
@@ -111,7 +120,7 @@ class LimitsSpec(_Strict):
 
     max_image_bytes: int = Field(50 * 1024 * 1024, ge=1)
     max_pixels: int = Field(64 * 1024 * 1024, ge=1)
-    max_instruction_chars: int = Field(4000, ge=1)
+    max_instruction_chars: int = Field(MAX_INSTRUCTION_CHARS, ge=1)
     # When set, every source must lie under one of these (local folders or URI prefixes such as
     # gs://bucket/catalog/); anything else fails at validate. Null: any path Beam can read.
     source_roots: list[str] | None = None
@@ -122,6 +131,22 @@ class LimitsSpec(_Strict):
     # one probe read is let through.
     storage_errors_before_fail_fast: int = Field(3, ge=1)
     storage_cooldown_s: float = Field(30.0, gt=0)
+    # One manifest record (a line, a JSON array element, a Parquet row as JSON), bounded while reading.
+    max_row_bytes: int = Field(MAX_ROW_BYTES, ge=1)
+    # Decompressed bytes read from one manifest file; past it, one failed row and the rest is not read.
+    max_manifest_bytes: int = Field(MAX_MANIFEST_BYTES, ge=1)
+    # Levels of objects/arrays in one record (and in a metadata string), checked before parsing.
+    max_nesting: int = Field(MAX_NESTING, ge=1, le=NESTING_CEILING)
+
+    def manifest_limits(self) -> ManifestLimits:
+        """The bounds the manifest reader and validation apply (run and ``dimflow validate`` alike)."""
+        return ManifestLimits(
+            max_instruction_chars=self.max_instruction_chars,
+            source_roots=tuple(self.source_roots) if self.source_roots is not None else None,
+            max_row_bytes=self.max_row_bytes,
+            max_manifest_bytes=self.max_manifest_bytes,
+            max_nesting=self.max_nesting,
+        )
 
 
 class PriceSpec(_Strict):

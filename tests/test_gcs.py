@@ -16,7 +16,7 @@ from PIL import Image
 
 from tests.fakes.gcs import DEFAULT_BUCKET, download, gcs_emulator, list_names, upload
 from transforms.images import decode_image, write_output
-from transforms.manifest import ReadManifest, ValidateRows, validate_manifest
+from transforms.manifest import ManifestLimits, ReadManifest, ValidateRows, validate_manifest
 from transforms.sources import SourceError, read_bounded
 
 BUCKET = DEFAULT_BUCKET
@@ -80,7 +80,7 @@ def test_read_manifest_from_gs(gcs):
     pattern = f"gs://{BUCKET}/job/part-*"
     one = f"gs://{BUCKET}/job/part-1.jsonl"
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
-        result = pipeline | ReadManifest(pattern) | ValidateRows(max_instruction_chars=100)
+        result = pipeline | ReadManifest(pattern) | ValidateRows(ManifestLimits(max_instruction_chars=100))
         assert_that(
             result.valid | "Valid" >> beam.Map(lambda r: (r.id, r.source)),
             equal_to(

@@ -14,6 +14,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.manifest import (
+    ManifestLimits,
     RawRow,
     ReadManifest,
     ValidateRows,
@@ -45,7 +46,7 @@ def raw(data: dict, file: str = "/m/manifest.jsonl", index: int = 3) -> RawRow:
 
 
 def check(data: dict, **kwargs) -> ManifestRow | Failure:
-    kwargs.setdefault("max_instruction_chars", 50)
+    kwargs.setdefault("limits", ManifestLimits(max_instruction_chars=50))
     return validate_row(raw(data), **kwargs)
 
 
@@ -75,7 +76,9 @@ def test_csv_types_are_coerced(tmp_path):
     report = validate_manifest(str(path))
     assert (report.rows, report.valid, report.failed) == (3, 3, 0)
     assert report.ignored_columns == {str(path): ["extra"]}
-    a, b, c = (validate_row(r, max_instruction_chars=100) for r in read_rows(str(path)))
+    a, b, c = (
+        validate_row(r, limits=ManifestLimits(max_instruction_chars=100)) for r in read_rows(str(path))
+    )
     assert a == ManifestRow(
         "a", "make it blue", str(tmp_path / "img/a.png"), 7, '{"sku":"A-1"}', RowRef(str(path), 1)
     )
@@ -104,7 +107,9 @@ def test_parquet_rows_nan_seeds_int_ids_and_struct_metadata(tmp_path):
     )
     path = tmp_path / "m.parquet"
     pq.write_table(table, path)
-    first, second = (validate_row(r, max_instruction_chars=100) for r in read_rows(str(path)))
+    first, second = (
+        validate_row(r, limits=ManifestLimits(max_instruction_chars=100)) for r in read_rows(str(path))
+    )
     assert first == ManifestRow("101", "one", str(tmp_path / "a.png"), 7, '{"k":1}', RowRef(str(path), 1))
     assert (second.id, second.source, second.seed, second.metadata) == ("102", None, None, None)
 
@@ -153,7 +158,7 @@ def test_not_json_and_not_an_object_lines_are_rows_with_errors(tmp_path):
     assert "not valid JSON" in rows[0].error and rows[0].raw == "{this is not json"
     assert rows[1].error == "not a JSON object (got array)"
     assert rows[2].error == "not a JSON object (got string)"
-    failure = validate_row(rows[0], max_instruction_chars=10)
+    failure = validate_row(rows[0], limits=ManifestLimits(max_instruction_chars=10))
     assert isinstance(failure, Failure) and failure.stage == STAGE_READ and failure.record is None
     assert failure.error.startswith(f"{path} row 1: not valid JSON") and failure.id is None
     assert failure.ref == RowRef(str(path), 1) and failure.raw == "{this is not json"
@@ -173,7 +178,7 @@ def test_aliases_and_relative_sources():
     assert from_gcs.source == "gs://b/m/img/x.png"
     default_dir = validate_row(
         raw({"id": "k", "instruction": "p", "source": "x.png"}, file="gs://b/d/m.csv"),
-        max_instruction_chars=9,
+        limits=ManifestLimits(max_instruction_chars=9),
     )
     assert default_dir.source == "gs://b/d/x.png"
 
@@ -301,7 +306,7 @@ def test_beam_read_and_validate(tmp_path):
     a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
     with beam.Pipeline(runner="FnApiRunner") as pipeline:
         raw_rows = pipeline | ReadManifest(str(pattern))
-        result = raw_rows | ValidateRows(max_instruction_chars=100)
+        result = raw_rows | ValidateRows(ManifestLimits(max_instruction_chars=100))
         assert_that(
             result.valid | "ValidIds" >> beam.Map(lambda r: (r.id, str(r.ref), r.source)),
             equal_to([("dup", f"{a} row 1", None), ("solo", f"{b} row 3", str(tmp_path / "img.png"))]),

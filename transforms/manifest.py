@@ -1,8 +1,10 @@
-"""Read manifests (JSONL, CSV, Parquet; any Beam FileSystems path or glob) and validate their rows.
+"""Read manifests (JSONL, JSON, CSV, Parquet; any Beam FileSystems path or glob) and validate their rows.
 
 One implementation serves both the Beam pipeline (``ReadManifest`` -> ``ValidateRows``) and the plain
-``dimflow validate`` check (``validate_manifest``): files are parsed by ``parse_file`` and rows checked by
-``check_row``, so the two can never disagree about what a valid row is.
+``dimflow validate`` check (``validate_manifest``): files are checked by ``check_file`` (whole-file
+refusals, before any row is read), parsed by ``parse_file`` (transforms/manifest_parse.py, over the
+bounded byte streams of transforms/manifest_stream.py) and rows checked by ``check_row``, all under one
+``ManifestLimits``, so the two can never disagree about what a valid row is.
 
 The contract (see DESIGN.md, "Manifest"):
 
@@ -16,21 +18,20 @@ The contract (see DESIGN.md, "Manifest"):
 - ``seed``: optional non-negative integer <= 2**63-1. Integral floats (``7.0``, as CSV/Parquet/pandas
   write them) and integral numeric strings (CSV) are accepted; bools, fractions and NaN-as-value are not
   (a null/NaN/empty cell is "absent": pandas writes missing ints as NaN).
-- ``metadata``: optional JSON object, or a string holding one (CSV); stored as compact JSON text.
+- ``metadata``: optional JSON object, or a string holding one (CSV), nested at most ``max_nesting``
+  levels; stored as compact JSON text.
 - Aliases so public files work unchanged: ``key``->id, ``prompt``->instruction, ``image_path``->source.
   Giving both names with different values is an error naming both.
 - Any other column is ignored (public manifests carry many); each file logs them once at WARNING and
   ``ValidationReport.ignored_columns`` lists them.
 
 Row numbers (``RowRef.index``, 1-based): JSONL rows are numbered by line (blank lines are skipped but
-keep the numbering, so "row N" is line N); CSV by data record after the header; Parquet and JSON arrays
-by position.
+keep the numbering, so "row N" is line N); CSV by data line after the header (one record per physical
+line; blank lines keep the numbering too, so "row N" is line N+1); Parquet and JSON arrays by position.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -38,57 +39,71 @@ import os
 import posixpath
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import IO, Any
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.manifest_parse import (
+    FORMATS,
+    KNOWN_COLUMNS,
+    URI,
+    ManifestRefused,
+    RawRow,
+    check_file,
+    manifest_format,
+    parse_file,
+    type_name,
+)
+from transforms.manifest_stream import (
+    MAX_INSTRUCTION_CHARS,
+    ManifestLimits,
+    json_error,
+    json_nesting,
+    nesting_problem,
+    open_raw,
+    value_nesting,
+)
 from transforms.records import STAGE_READ, STAGE_VALIDATE, Failure, ManifestRow, RowRef
+
+__all__ = [
+    "FORMATS",
+    "MAX_INSTRUCTION_CHARS",
+    "ManifestLimits",
+    "ManifestRefused",
+    "RawRow",
+    "ReadManifest",
+    "RowOutcome",
+    "ValidateRows",
+    "check_file",
+    "check_row",
+    "manifest_format",
+    "match_manifest",
+    "parse_file",
+    "read_rows",
+    "row_outcomes",
+    "validate_manifest",
+    "validate_row",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
-MAX_INSTRUCTION_CHARS = 4000
 MAX_SEED = 2**63 - 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ID_RULE = "1-128 characters from [A-Za-z0-9._-], and not '.' or '..'"
 
 # canonical name -> accepted alias
 ALIASES: dict[str, str] = {"id": "key", "instruction": "prompt", "source": "image_path"}
-KNOWN_COLUMNS = frozenset({"id", "instruction", "source", "seed", "metadata", *ALIASES.values()})
-
-# extension -> parser; compressed text files (.jsonl.gz, .csv.zst, ...) are read through Beam's codecs.
-FORMATS: dict[str, str] = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-}
 
 VALID = "valid"
 FAILED = "failed"
 
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class RawRow:
-    """One manifest row as read: its parsed mapping, or why it could not be parsed.
-
-    ``ref.index`` 0 stands for a whole file that could not be parsed (one that appeared after the
-    pipeline was built with an unsupported extension).
-    """
-
-    ref: RowRef
-    data: dict[str, Any] | None
-    error: str | None
-    raw: str
+_URI = URI
 
 
 @dataclass(frozen=True)
@@ -122,29 +137,19 @@ class ValidationReport:
 # Files
 
 
-def manifest_format(path: str) -> str:
-    """The parser for ``path`` ('jsonl', 'json', 'csv' or 'parquet'), by extension; ValueError if none."""
-    name = path.lower()
-    compressed = CompressionTypes.detect_compression_type(name) != CompressionTypes.UNCOMPRESSED
-    if compressed:
-        name = name.rsplit(".", 1)[0]
-    for extension, kind in FORMATS.items():
-        if name.endswith(extension) and not (compressed and kind == "parquet"):
-            return kind
-    raise ValueError(
-        f"unsupported manifest format: {path} (expected {', '.join(FORMATS)}; "
-        "text formats may be compressed, e.g. .jsonl.gz)"
-    )
-
-
 def _absolute_pattern(pattern: str) -> str:
     if _URI.match(pattern):
         return pattern
     return os.path.abspath(os.path.expanduser(pattern))
 
 
-def match_manifest(pattern: str) -> list[str]:
-    """The files ``pattern`` names, sorted; loud errors for no match or an unsupported format."""
+def match_manifest(pattern: str, limits: ManifestLimits | None = None) -> list[str]:
+    """The files ``pattern`` names, sorted, each checked by ``check_file``.
+
+    FileNotFoundError for no match; ValueError (one line naming the file and the reason) for a file of
+    no supported format or one ``check_file`` refuses. Run and validate both call this first.
+    """
+    limits = limits or ManifestLimits()
     pattern = _absolute_pattern(pattern)
     try:
         (result,) = FileSystems.match([pattern])
@@ -164,141 +169,24 @@ def match_manifest(pattern: str) -> list[str]:
             f"manifest {pattern!r} matches files of no supported format "
             f"({', '.join(FORMATS)}): {', '.join(unsupported[:5])}" + (" ..." if len(unsupported) > 5 else "")
         )
+    refused: list[ManifestRefused] = []
+    for path in paths:
+        try:
+            check_file(path, limits)
+        except ManifestRefused as exc:
+            refused.append(exc)
+    if refused:
+        more = f" (and {len(refused) - 1} more refused file(s))" if len(refused) > 1 else ""
+        raise ManifestRefused(refused[0].path, refused[0].reason + more)
     return paths
 
 
-def _lines(handle: IO[bytes]) -> Iterator[bytes]:
-    """Lines (with their terminators) from any Beam file handle, reading in 1 MiB chunks."""
-    pending = b""
-    while True:
-        chunk = handle.read(_CHUNK)
-        if not chunk:
-            break
-        pending += chunk
-        parts = pending.split(b"\n")
-        pending = parts.pop()
-        for part in parts:
-            yield part + b"\n"
-    if pending:
-        yield pending
-
-
-def _decode(line: bytes, first: bool) -> str:
-    return line.decode("utf-8-sig" if first else "utf-8")
-
-
-def _object_row(ref: RowRef, value: Any, raw: str) -> RawRow:
-    if not isinstance(value, dict):
-        return RawRow(ref, None, f"not a JSON object (got {_type_name(value)})", raw)
-    return RawRow(ref, value, None, raw)
-
-
-def _parse_jsonl(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
-    for number, line in enumerate(_lines(handle), start=1):
-        ref = RowRef(path, number)
-        try:
-            text = _decode(line, number == 1).rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            yield RawRow(ref, None, f"not valid UTF-8 ({exc.reason} at byte {exc.start})", repr(line)[:1000])
-            continue
-        if not text.strip():
-            continue
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield RawRow(ref, None, f"not valid JSON ({exc.msg} at column {exc.colno})", text)
-            continue
-        yield _object_row(ref, value, text)
-
-
-def _parse_json(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
-    """A ``.json`` file: a JSON array of objects, or (most often) JSON lines."""
-    data = b"".join(iter(lambda: handle.read(_CHUNK), b""))  # compressed handles read a buffer at a time
-    head = data.lstrip()[:1]
-    if head != b"[":
-        yield from _parse_jsonl(path, io.BytesIO(data))
-        return
-    try:
-        values = json.loads(data.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        yield RawRow(RowRef(path, 1), None, f"not a valid JSON array ({exc})", "")
-        return
-    for number, value in enumerate(values, start=1):
-        yield _object_row(RowRef(path, number), value, json.dumps(value, default=str))
-
-
-def _parse_csv(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
-    bad_lines: set[int] = set()
-
-    def text_lines() -> Iterator[str]:
-        for number, line in enumerate(_lines(handle), start=1):
-            try:
-                yield _decode(line, number == 1)
-            except UnicodeDecodeError:
-                bad_lines.add(number)
-                yield line.decode("utf-8", errors="replace")
-
-    reader = csv.DictReader(text_lines())
-    number = 0
-    last_line = 1  # the header
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            number += 1
-            yield RawRow(RowRef(path, number), None, f"not valid CSV ({exc})", "")
-            last_line = reader.line_num
-            continue
-        number += 1
-        ref = RowRef(path, number)
-        raw = json.dumps(record, ensure_ascii=False)
-        lines = range(last_line + 1, reader.line_num + 1)
-        last_line = reader.line_num
-        if any(n in bad_lines for n in lines):
-            yield RawRow(ref, None, "not valid UTF-8", raw)
-        elif None in record:
-            extra = len(record[None])
-            yield RawRow(ref, None, f"has {extra} more field(s) than the header", raw)
-        else:
-            yield RawRow(ref, dict(record), None, raw)
-
-
-def _parse_parquet(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    number = 0
-    try:
-        parquet = pq.ParquetFile(handle)
-        for batch in parquet.iter_batches(batch_size=1024):
-            for record in batch.to_pylist():
-                number += 1
-                yield RawRow(RowRef(path, number), record, None, json.dumps(record, default=str))
-    except (pa.ArrowException, ValueError) as exc:  # ArrowInvalid is also a ValueError
-        yield RawRow(
-            RowRef(path, number + 1), None, f"cannot read Parquet ({exc}); rows after this are lost", ""
-        )
-
-
-_PARSERS = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv, "parquet": _parse_parquet}
-
-
-def parse_file(path: str, handle: IO[bytes]) -> Iterator[RawRow]:
-    """Every row of one manifest file, in order; bad rows come back with ``error`` set, never raised.
-
-    ``handle`` is a binary file object from Beam (``FileSystems.open`` or ``ReadableFile.open``), already
-    decompressed. I/O errors propagate (the runner retries the file); content errors become rows.
-    """
-    yield from _PARSERS[manifest_format(path)](path, handle)
-
-
-def read_rows(pattern: str) -> Iterator[RawRow]:
+def read_rows(pattern: str, limits: ManifestLimits | None = None) -> Iterator[RawRow]:
     """All rows of all files ``pattern`` matches, without Beam (files in sorted order)."""
-    for path in match_manifest(pattern):
-        with FileSystems.open(path, mime_type="application/octet-stream") as handle:
-            yield from parse_file(path, handle)
+    limits = limits or ManifestLimits()
+    for path in match_manifest(pattern, limits):
+        with open_raw(path) as handle:
+            yield from parse_file(path, handle, limits)
 
 
 def unknown_columns(data: dict[str, Any]) -> set[str]:
@@ -307,12 +195,6 @@ def unknown_columns(data: dict[str, Any]) -> set[str]:
 
 # ----------------------------------------------------------------------------------------------------
 # Rows
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
 
 
 def _absent(value: Any) -> bool:
@@ -352,7 +234,7 @@ def _check_id(value: Any) -> tuple[str | None, str | None]:
     if value is None:
         return None, "required (or its alias 'key')"
     if isinstance(value, bool) or not isinstance(value, str | int):
-        return None, f"must be a string, got {_type_name(value)}"
+        return None, f"must be a string, got {type_name(value)}"
     text = str(value)
     if not ID_PATTERN.fullmatch(text) or text in (".", ".."):
         return text, f"must be {ID_RULE} (ids name output folders), got {_show(text)}"
@@ -380,7 +262,7 @@ def _check_instruction(value: Any, max_chars: int) -> tuple[str | None, str | No
     if value is None:
         return None, "required (or its alias 'prompt')"
     if not isinstance(value, str):
-        return None, f"must be a string, got {_type_name(value)}"
+        return None, f"must be a string, got {type_name(value)}"
     text = value.strip()
     if not text:
         return None, "empty"
@@ -415,24 +297,31 @@ def _check_seed(value: Any) -> tuple[int | None, str | None]:
             return None, f"{rule}, got {_show(value)}"
         number = int(decimal)
     else:
-        return None, f"{rule}, got {_type_name(value)}"
+        return None, f"{rule}, got {type_name(value)}"
     if not 0 <= number <= MAX_SEED:
-        return None, f"{rule}, got {number}"
+        return None, f"{rule}, got {_show(value)}"  # not str(number): over 4300 digits that raises
     return number, None
 
 
-def _check_metadata(value: Any) -> tuple[str | None, str | None]:
+def _check_metadata(value: Any, max_nesting: int) -> tuple[str | None, str | None]:
+    """A JSON object (or, from CSV, text holding one), its nesting checked before parsing or dumping."""
     if value is None:
         return None, None
     if isinstance(value, str):
+        problem = nesting_problem(json_nesting(value), max_nesting)
+        if problem:
+            return None, problem
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            return None, f"must be a JSON object, got text that is not JSON ({exc.msg} at column {exc.colno})"
+        except ValueError as exc:  # JSONDecodeError, or an integer of more than 4300 digits
+            return None, f"must be a JSON object, got text that is not JSON ({json_error(exc)})"
         if value is None:
             return None, None
     if not isinstance(value, dict):
-        return None, f"must be a JSON object, got {_type_name(value)}"
+        return None, f"must be a JSON object, got {type_name(value)}"
+    problem = nesting_problem(value_nesting(value), max_nesting)
+    if problem:
+        return None, problem
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str), None
 
 
@@ -493,7 +382,7 @@ def _check_source(
     if value is None:
         return None, None
     if not isinstance(value, str):
-        return None, f"must be a string (a path or URI), got {_type_name(value)}"
+        return None, f"must be a string (a path or URI), got {type_name(value)}"
     if not value.strip():
         return None, None
     try:
@@ -539,13 +428,10 @@ def format_problems(problems: list[Problem]) -> str:
 
 
 def check_row(
-    raw: RawRow,
-    *,
-    manifest_dir: str | None = None,
-    max_instruction_chars: int = MAX_INSTRUCTION_CHARS,
-    source_roots: Sequence[str] | None = None,
+    raw: RawRow, *, manifest_dir: str | None = None, limits: ManifestLimits | None = None
 ) -> RowCheck:
     """Check one row against the manifest contract, collecting every problem (not just the first)."""
+    limits = limits or ManifestLimits()
     ref = raw.ref
     if raw.data is None:
         message = raw.error or "unreadable row"
@@ -562,13 +448,13 @@ def check_row(
         return value
 
     row_id, id_problem = _check_id(take("id"))
-    instruction, instruction_problem = _check_instruction(take("instruction"), max_instruction_chars)
+    instruction, instruction_problem = _check_instruction(take("instruction"), limits.max_instruction_chars)
     blank = any(isinstance(data.get(n), str) for n in ("instruction", "prompt"))
     if instruction_problem and instruction_problem.startswith("required") and blank:
         instruction_problem = "empty (blank after stripping whitespace)"
-    source, source_problem = _check_source(take("source"), manifest_dir, source_roots)
+    source, source_problem = _check_source(take("source"), manifest_dir, limits.source_roots)
     seed, seed_problem = _check_seed(take("seed"))
-    metadata, metadata_problem = _check_metadata(take("metadata"))
+    metadata, metadata_problem = _check_metadata(take("metadata"), limits.max_nesting)
     for name, problem in (
         ("id", id_problem),
         ("instruction", instruction_problem),
@@ -592,14 +478,14 @@ def check_row(
 
 
 def validate_row(
-    raw: RawRow, *, manifest_dir: str | None = None, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
+    raw: RawRow, *, manifest_dir: str | None = None, limits: ManifestLimits | None = None
 ) -> ManifestRow | Failure:
     """One row -> a ``ManifestRow``, or a ``Failure`` whose error names the row and every bad field.
 
     ``manifest_dir`` (for relative sources) defaults to the directory of ``raw.ref.file``. Duplicate ids
     are not visible from one row: ``ValidateRows`` / ``validate_manifest`` check those.
     """
-    checked = check_row(raw, manifest_dir=manifest_dir, max_instruction_chars=max_instruction_chars)
+    checked = check_row(raw, manifest_dir=manifest_dir, limits=limits)
     return checked.row if checked.row is not None else checked.failure()
 
 
@@ -625,16 +511,21 @@ def first_wins(row_id: str, checks: Iterable[RowCheck]) -> Iterator[ManifestRow 
 
 
 class _ParseFile(beam.DoFn):
+    def __init__(self, limits: ManifestLimits):
+        self._limits = limits
+
     def process(self, readable: fileio.ReadableFile) -> Iterator[RawRow]:
         path = readable.metadata.path
         unknown: set[str] = set()
-        try:
-            manifest_format(path)
-        except ValueError as exc:  # a file that appeared after pipeline construction
-            yield RawRow(RowRef(path, 0), None, str(exc), "")
+        try:  # the same check match_manifest ran, for files that appeared (or changed) since
+            check_file(path, self._limits)
+        except ManifestRefused as exc:
+            yield RawRow(RowRef(path, 0), None, exc.reason, "")
             return
-        with readable.open(mime_type="application/octet-stream") as handle:
-            for row in parse_file(path, handle):
+        with readable.open(
+            mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+        ) as handle:
+            for row in parse_file(path, handle, self._limits):
                 if row.data is not None:
                     unknown |= unknown_columns(row.data)
                 yield row
@@ -646,25 +537,27 @@ class ReadManifest(beam.PTransform):
     """All rows of the manifest files ``pattern`` matches, as ``RawRow`` (parse errors included).
 
     Uses Beam's own ``MatchFiles``/``ReadMatches``, so any registered filesystem works (local, gs://).
-    The match is also checked when the pipeline is built (``check_exists``), so a wrong path fails
-    before anything runs; at run time an empty match fails too. Rows are reshuffled after reading so
-    the later stages spread over workers even when the manifest is one big file.
+    The match is also checked when the pipeline is built (``check_exists``: ``match_manifest``, which
+    refuses bad files), so a wrong path fails before anything runs; at run time an empty match fails
+    too. Rows are reshuffled after reading so the later stages spread over workers even when the
+    manifest is one big file.
     """
 
-    def __init__(self, pattern: str, *, check_exists: bool = True):
+    def __init__(self, pattern: str, limits: ManifestLimits | None = None, *, check_exists: bool = True):
         super().__init__()
         self._pattern = _absolute_pattern(pattern)
+        self._limits = limits or ManifestLimits()
         self._check_exists = check_exists
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         if self._check_exists:
-            match_manifest(self._pattern)
+            match_manifest(self._pattern, self._limits)
         return (
             pbegin
             | "Match"
             >> fileio.MatchFiles(self._pattern, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
             | "Open" >> fileio.ReadMatches()
-            | "Parse" >> beam.ParDo(_ParseFile())
+            | "Parse" >> beam.ParDo(_ParseFile(self._limits))
             | "Spread" >> beam.Reshuffle()
         )
 
@@ -672,12 +565,11 @@ class ReadManifest(beam.PTransform):
 class _Check(beam.DoFn):
     KEYED = "keyed"
 
-    def __init__(self, max_instruction_chars: int, source_roots: Sequence[str] | None):
-        self._max = max_instruction_chars
-        self._roots = source_roots
+    def __init__(self, limits: ManifestLimits):
+        self._limits = limits
 
     def process(self, raw: RawRow) -> Iterator[Any]:
-        checked = check_row(raw, max_instruction_chars=self._max, source_roots=self._roots)
+        checked = check_row(raw, limits=self._limits)
         if checked.id is not None:
             yield beam.pvalue.TaggedOutput(self.KEYED, (checked.id, checked))
         else:
@@ -706,16 +598,13 @@ class ValidateRows(beam.PTransform):
     violations at ``validate``.
     """
 
-    def __init__(
-        self, max_instruction_chars: int = MAX_INSTRUCTION_CHARS, source_roots: Sequence[str] | None = None
-    ):
-        """``source_roots``: when given, every source must lie under one of these paths/URI prefixes."""
+    def __init__(self, limits: ManifestLimits | None = None):
+        """``limits``: instruction length, nesting, and (``source_roots``) where sources may lie."""
         super().__init__()
-        self._max = max_instruction_chars
-        self._roots = list(source_roots) if source_roots is not None else None
+        self._limits = limits or ManifestLimits()
 
     def expand(self, raw_rows: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        checked = raw_rows | "Check" >> beam.ParDo(_Check(self._max, self._roots)).with_outputs(
+        checked = raw_rows | "Check" >> beam.ParDo(_Check(self._limits)).with_outputs(
             _Check.KEYED, main="unkeyed"
         )
         resolved = (
@@ -734,42 +623,74 @@ class ValidateRows(beam.PTransform):
 # Plain Python (dimflow validate)
 
 
-def validate_manifest(
-    pattern: str, *, max_instruction_chars: int = MAX_INSTRUCTION_CHARS
-) -> ValidationReport:
-    """Check a whole manifest without Beam, with the same parsing and rules as the pipeline.
+@dataclass(frozen=True)
+class RowOutcome:
+    """What a run will make of one row before fetching: valid, or failed with the run's exact error."""
 
-    Raises FileNotFoundError (no match) or ValueError (unsupported format) before reading any row.
+    ref: RowRef
+    id: str | None  # as the run's provenance names the row
+    problems: tuple[Problem, ...]  # empty: valid
+
+    @property
+    def error(self) -> str | None:
+        return format_problems(list(self.problems)) if self.problems else None
+
+
+JobCheck = Callable[[ManifestRow], Problem | None]  # what a job cannot do with a valid row
+
+
+def row_outcomes(
+    pattern: str, limits: ManifestLimits | None = None, job_check: JobCheck | None = None
+) -> Iterator[RowOutcome]:
+    """Every row's outcome, in manifest order, with the same checks, parsing, limits and rules as a run
+    (``job_check``: the job's own row check, applied to rows that are otherwise valid, as the run does).
+
+    Raises FileNotFoundError (no match) or ValueError (a refused file) before reading any row, where
+    ``dimflow run`` refuses too.
     """
-    files = match_manifest(pattern)
-    report = ValidationReport(files=files)
-    ignored: dict[str, set[str]] = {}
-    by_id: dict[str, list[RowCheck]] = {}
-    outcomes: list[tuple[tuple[str, int], list[Problem]]] = []
+    limits = limits or ManifestLimits()
+    yield from _outcomes(match_manifest(pattern, limits), limits, {}, job_check)
+
+
+def _outcomes(
+    files: list[str], limits: ManifestLimits, ignored: dict[str, set[str]], job_check: JobCheck | None = None
+) -> Iterator[RowOutcome]:
+    """Files are read in sorted order and rows in order, so the first row seen with an id is the one
+    ``first_wins`` keeps in the pipeline; ``ignored`` collects each file's unknown columns."""
+    first: dict[str, RowRef] = {}
     for path in files:
-        with FileSystems.open(path, mime_type="application/octet-stream") as handle:
-            for raw in parse_file(path, handle):
-                report.rows += 1
-                if raw.data is not None:
-                    extra = unknown_columns(raw.data)
-                    if extra:
-                        ignored.setdefault(path, set()).update(extra)
-                checked = check_row(raw, max_instruction_chars=max_instruction_chars)
+        with open_raw(path) as handle:
+            for raw in parse_file(path, handle, limits):
+                if raw.data is not None and (extra := unknown_columns(raw.data)):
+                    ignored.setdefault(path, set()).update(extra)
+                checked = check_row(raw, limits=limits)
+                problems = checked.problems
                 if checked.id is not None:
-                    by_id.setdefault(checked.id, []).append(checked)
-                else:
-                    outcomes.append(((raw.ref.file, raw.ref.index), list(checked.problems)))
-    for row_id, checks in by_id.items():
-        ordered = sorted(checks, key=_order)
-        outcomes.append((_order(ordered[0]), list(ordered[0].problems)))
-        for later in ordered[1:]:
-            dup = duplicate_problem(row_id, later.raw.ref, ordered[0].raw.ref)
-            outcomes.append((_order(later), [*later.problems, dup]))
-    outcomes.sort(key=lambda item: item[0])
-    for _where, problems in outcomes:
-        if problems:
+                    if checked.id in first:
+                        problems = (*problems, duplicate_problem(checked.id, raw.ref, first[checked.id]))
+                    else:
+                        first[checked.id] = raw.ref
+                if not problems and job_check is not None and checked.row is not None:
+                    problems = tuple(p for p in (job_check(checked.row),) if p is not None)
+                row_id = checked.id if checked.id is not None else (problems[0].id if problems else None)
+                yield RowOutcome(raw.ref, row_id, problems)
+
+
+def validate_manifest(
+    pattern: str, limits: ManifestLimits | None = None, job_check: JobCheck | None = None
+) -> ValidationReport:
+    """Check a whole manifest without Beam (as ``row_outcomes``): counts, every problem, ignored columns.
+
+    Raises FileNotFoundError (no match) or ValueError (a refused file) before reading any row.
+    """
+    limits = limits or ManifestLimits()
+    report = ValidationReport(files=match_manifest(pattern, limits))
+    ignored: dict[str, set[str]] = {}
+    for outcome in _outcomes(report.files, limits, ignored, job_check):
+        report.rows += 1
+        if outcome.problems:
             report.failed += 1
-            report.problems.extend(problems)
+            report.problems.extend(outcome.problems)
         else:
             report.valid += 1
     report.ignored_columns = {path: sorted(names) for path, names in ignored.items()}
