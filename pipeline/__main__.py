@@ -1,7 +1,7 @@
-"""``python -m pipeline`` is the ``dimflow`` console script."""
+"""``python -m pipeline`` is the ``dimflow`` console script (with its Ctrl-C / SIGTERM handling)."""
 
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

@@ -643,6 +643,7 @@ def test_validate_takes_manifest_and_every_limit_from_the_spec(tmp_path):
         "name": "v",
         "manifest": "m.jsonl",
         "output": "out",
+        "painter": {"t2i_checkpoint": "tiny"},  # r4 and r5 have no source: the job must paint them
         "limits": {
             "source_roots": ["images"],
             "max_row_bytes": 200,
