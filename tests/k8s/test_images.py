@@ -50,7 +50,8 @@ def test_cuda_image_uses_a_cuda_torch():
 
 def test_images_match_the_project():
     pyproject = tomllib.loads((support.REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["dimflow"] == "pipeline.cli:console_main"  # Ctrl-C / SIGTERM handling
+    # console_main: main with the Ctrl-C / SIGTERM handling
+    assert pyproject["project"]["scripts"]["dimflow"] == "pipeline.cli:console_main"
     assert "torch==2.13.0" in pyproject["project"]["dependencies"]
     lock = (support.REPO / "requirements.lock").read_text().splitlines()
     assert lock[1] == "torch==2.13.0"
