@@ -319,7 +319,7 @@ def test_mismatched_compression_refuses_the_file(tmp_path, name, data, fragment)
 @pytest.mark.timeout(60)  # opening a FIFO for reading blocks: a hang is the failure
 def test_fifo_is_refused_without_being_opened(tmp_path):
     os.mkfifo(tmp_path / "pipe.jsonl")
-    assert "is a FIFO (named pipe), not a regular file" in refusal(tmp_path / "pipe.jsonl")
+    assert "is a named pipe, not a regular file" in refusal(tmp_path / "pipe.jsonl")
 
 
 # --- bounds --------------------------------------------------------------------------------------

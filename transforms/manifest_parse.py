@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -37,6 +36,7 @@ from transforms.manifest_stream import (
     value_nesting,
 )
 from transforms.records import RowRef
+from transforms.sources import special_file_kind
 
 # extension -> parser; text formats may be compressed (.jsonl.gz, .csv.xz, ...).
 FORMATS: dict[str, str] = {
@@ -98,15 +98,6 @@ def manifest_format(path: str) -> str:
     )
 
 
-_FILE_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
 def _not_regular(path: str) -> str | None:
     """Why a local ``path`` must not be opened (opening a FIFO blocks), or None. URIs are objects."""
     if URI.match(path):
@@ -115,10 +106,10 @@ def _not_regular(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except OSError as exc:
         return f"cannot be read ({exc.strerror})"
-    if stat.S_ISREG(mode):
+    kind = special_file_kind(mode)
+    if kind is None:
         return None
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return f"is {kind}, not a regular file; dimflow reads manifests only from regular files"
+    return f"is a {kind}, not a regular file; dimflow reads manifests only from regular files"
 
 
 _WIDE_BOMS = (

@@ -111,11 +111,17 @@ _KINDS = (
 )
 
 
-def _refuse_non_regular(mode: int, uri: str) -> None:
+def special_file_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file ("named pipe", ...); None if it is."""
     if stat.S_ISREG(mode):
-        return
-    kind = next((name for test, name in _KINDS if test(mode)), "special file")
-    raise SourceError(f"source is a {kind}, not a regular file ({uri})")
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def _refuse_non_regular(mode: int, uri: str) -> None:
+    kind = special_file_kind(mode)
+    if kind is not None:
+        raise SourceError(f"source is a {kind}, not a regular file ({uri})")
 
 
 def _real_path_of(fd: int, path: str, opened: os.stat_result) -> str:
