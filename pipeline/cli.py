@@ -222,10 +222,12 @@ def _validate_inputs(args: argparse.Namespace):
 
 
 def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from pipeline.preflight import check_manifest
     from transforms.manifest import validate_manifest
 
     try:
         manifest, limits, job_check = _validate_inputs(args)
+        check_manifest(manifest, limits.manifest_limits(), limits.fetch_timeout_s)  # bounded, on storage
         report = validate_manifest(manifest, limits.manifest_limits(), job_check)
     except (ValueError, FileNotFoundError, OSError) as exc:
         console.print(labelled("error:", exc, keep_newlines=True))

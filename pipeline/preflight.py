@@ -15,8 +15,10 @@ import uuid
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.spec import JobSpec
+from transforms.deadline import DeadlineExceeded, call_with_deadline
 from transforms.designer.base import DesignerSetupError
 from transforms.designer.registry import make_provider
+from transforms.manifest import ManifestLimits, match_manifest
 from transforms.storage import UnsafeOutputError, check_output_folders, is_remote, write_atomic
 
 # dimflow's own folders under an output (they must be real folders, never links planted by someone).
@@ -74,12 +76,28 @@ def check_output(spec: JobSpec, run_id: str) -> None:
         raise PreflightError(f"output: {exc}") from exc
 
 
-def check_writable(output: str) -> None:
-    """Write and delete one small probe object at the output root (creating the folder if needed)."""
-    probe = FileSystems.join(output, f".dimflow-write-check-{uuid.uuid4().hex}")
+def check_manifest(pattern: str, limits: ManifestLimits, timeout_s: float) -> list[str]:
+    """The manifest's files, each checked (``match_manifest``), within ``timeout_s`` (an unreachable
+    bucket would otherwise be retried for minutes)."""
     try:
+        return call_with_deadline(lambda: match_manifest(pattern, limits), timeout_s, f"manifest {pattern!r}")
+    except DeadlineExceeded as exc:
+        raise PreflightError(str(exc)) from exc
+
+
+def check_writable(output: str, timeout_s: float) -> None:
+    """Write and delete one small probe object at the output root (creating the folder if needed), within
+    ``timeout_s``."""
+    probe = FileSystems.join(output, f".dimflow-write-check-{uuid.uuid4().hex}")
+
+    def write_and_delete() -> None:
         write_atomic(probe, b"dimflow write check\n", "text/plain", root=output)
         FileSystems.delete([probe])
+
+    try:
+        call_with_deadline(write_and_delete, timeout_s, f"output {output!r}")
+    except DeadlineExceeded as exc:
+        raise PreflightError(f"output: cannot write: {exc}") from exc
     except Exception as exc:  # PermissionError, read-only filesystem, a bucket we may not write, ...
         raise PreflightError(f"output: cannot write to {output!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -92,10 +110,3 @@ def check_designer(spec: JobSpec) -> None:
         make_provider(spec.designer.model_dump()).preflight()
     except DesignerSetupError as exc:
         raise PreflightError(str(exc)) from exc
-
-
-def check_job(spec: JobSpec, run_id: str) -> None:
-    """Every check above, the ones that write nothing first."""
-    check_output(spec, run_id)
-    check_designer(spec)
-    check_writable(spec.output)

@@ -34,7 +34,6 @@ from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
-from transforms.manifest import match_manifest
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
@@ -231,7 +230,7 @@ def run_job(
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     attempt = new_attempt()  # tags this run's part files; see transforms/tables.py
     # Refuse a bad manifest (no match, a file refused as a whole) before any work, as `validate` does.
-    match_manifest(spec.manifest, spec.limits.manifest_limits())
+    preflight.check_manifest(spec.manifest, spec.limits.manifest_limits(), spec.limits.fetch_timeout_s)
     versions = versions_json()
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
@@ -246,7 +245,7 @@ def run_job(
             f"stage=paint: no blueprint tables under {FileSystems.join(spec.output, 'blueprints')}; "
             "run the same job with stage=design first"
         )
-    preflight.check_writable(spec.output)
+    preflight.check_writable(spec.output, spec.limits.fetch_timeout_s)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     unfinished = functools.partial(remove_unfinished, spec.output, run_id, edit.part_name(shard), attempt)

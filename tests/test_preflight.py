@@ -4,6 +4,11 @@ under its output; and a run that breaks mid-way leaves no temp folders behind.""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,9 +17,12 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.preflight import manifest_folder
+from tests.fakes.gcs import emulator_env, write_fake_credentials
+from transforms.deadline import DeadlineExceeded, call_with_deadline
 from transforms.painter.handler import PainterModelHandler
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _job(tmp_path: Path, **overrides) -> Path:
@@ -129,3 +137,40 @@ def test_a_run_that_breaks_mid_way_leaves_no_temp_folders(tmp_path, capsys, monk
 )
 def test_manifest_folder(pattern, folder):
     assert manifest_folder(pattern) == folder
+
+
+def _closed_port_env(tmp_path: Path) -> dict[str, str]:
+    """gs:// pointed at a loopback port nothing listens on: an unreachable store."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {**os.environ, **emulator_env(f"http://127.0.0.1:{port}", write_fake_credentials(tmp_path))}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("where", ["output", "manifest"])
+def test_unreachable_storage_is_refused_within_the_deadline(tmp_path, where):
+    override = {"output": "gs://catalog/out"} if where == "output" else {"manifest": "gs://catalog/m.jsonl"}
+    spec = _job(tmp_path, limits={"fetch_timeout_s": 3}, **override)
+    env = {**_closed_port_env(tmp_path), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", str(spec), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=200,
+    )
+    assert done.returncode == cli.EXIT_BAD_INPUT, done.stderr[-2000:]
+    assert f"{where} 'gs://catalog/" in done.stderr and "no answer within 3 s" in done.stderr, done.stderr[
+        -2000:
+    ]
+
+
+def test_call_with_deadline_answers_raises_and_gives_up():
+    assert call_with_deadline(lambda: 7, 1, "seven") == 7
+    with pytest.raises(KeyError):
+        call_with_deadline(lambda: {}["x"], 1, "missing")
+    release = threading.Event()
+    with pytest.raises(DeadlineExceeded, match=r"a stuck call: no answer within 0.2 s"):
+        call_with_deadline(lambda: release.wait(30), 0.2, "a stuck call")
+    release.set()
