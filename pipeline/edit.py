@@ -102,10 +102,14 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
     }
 
 
-def part_name(shard: Shard | None) -> str:
-    """Part-file prefix: ``part`` or ``part-shard-00003-of-00008`` (shards never overwrite each other;
-    a rerun of the same run id and shard replaces exactly this prefix's earlier rows)."""
-    return "part" if shard is None else f"part-{shard.name}"
+def part_name(shard: Shard | None, *, chunk: int | None = None, chunk_rows: int | None = None) -> str:
+    """Part-file prefix: ``part``, ``part-shard-00003-of-00008`` for a shard, and for a chunked run
+    ``...-chunk-00002-size-20000`` (shards and chunks never overwrite each other; a rerun of the same run
+    id, shard and chunk replaces exactly this prefix's earlier rows)."""
+    name = "part" if shard is None else f"part-{shard.name}"
+    if chunk is not None:
+        name += f"-chunk-{chunk:05d}-size-{chunk_rows}"
+    return name
 
 
 def row_mode(row: ManifestRow) -> str:
@@ -257,6 +261,8 @@ def build(
     shard: Shard | None = None,
     provenance_files: list[str] | None = None,
     attempt: str,
+    rows: beam.PTransform | None = None,
+    part: str | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
@@ -267,14 +273,19 @@ def build(
     earlier runs' provenance, which an incremental run joins on render key to skip rendered rows.
     ``attempt`` (``tables.new_attempt()``) tags this write's part files, so a rerun of the same run id
     and shard replaces its earlier rows instead of adding to them (see transforms/tables.py).
+    ``rows`` replaces reading the manifest (a chunk of it: ``transforms.chunks.ReadChunk``, already
+    limited to the shard's rows) and ``part`` names the part files (default: ``part_name(shard)``).
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
     manifest_limits = limits.manifest_limits()
-    raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest, manifest_limits)
-    if shard is not None:
-        raw = raw | "KeepShard" >> beam.Filter(shard.owns)
-    part = part_name(shard)
+    if rows is not None:
+        raw = pipeline | "ReadRows" >> rows
+    else:
+        raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest, manifest_limits)
+        if shard is not None:
+            raw = raw | "KeepShard" >> beam.Filter(shard.owns)
+    part = part or part_name(shard)
     validated = raw | "ValidateRows" >> manifest.ValidateRows(manifest_limits)
     moded = validated.valid | "CheckJobRow" >> beam.FlatMap(
         check_job_row, spec.painter.checkpoints(), spec.output

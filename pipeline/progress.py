@@ -141,8 +141,15 @@ class LiveProgress:
     every ``log_interval_s`` so long jobs still show they are moving.
     """
 
-    def __init__(self, listener: ProgressListener, console: Console, log_interval_s: float = 10.0):
+    def __init__(
+        self,
+        listener: ProgressListener,
+        console: Console,
+        log_interval_s: float = 10.0,
+        total: int | None = None,
+    ):
         self._listener = listener
+        self._total = total
         self._console = console
         self._interval = log_interval_s
         self._live: Live | None = None
@@ -153,7 +160,7 @@ class LiveProgress:
 
     def _render(self) -> Text:
         counts, elapsed = self._listener.state.snapshot()
-        return progress_line(counts, elapsed)
+        return progress_line(counts, elapsed, self._total)
 
     def _log_loop(self) -> None:
         while not self._stop.wait(self._interval):

@@ -6,12 +6,14 @@ import contextlib
 import datetime as dt
 import functools
 import glob
+import heapq
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
@@ -32,6 +34,7 @@ from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
 from pipeline.spec import JobSpec
 from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
+from transforms.chunks import ReadChunk, empty_chunk, plan_chunks
 from transforms.designer.registry import make_provider
 from transforms.incremental import provenance_files
 from transforms.painter.handler import checkpoint_fingerprint
@@ -174,14 +177,6 @@ def own_attempt_files(output: str, table: str, run_id: str, part: str, attempt: 
     return [f.path for f in chosen.files]
 
 
-def read_own_table(
-    output: str, table: str, schema: pa.Schema, run_id: str, part: str, attempt: str
-) -> pa.Table:
-    """This run's own result rows: every file must be there and readable, else ``PartFileError``."""
-    rows, _ = read_part_files(own_attempt_files(output, table, run_id, part, attempt), schema, strict=True)
-    return rows
-
-
 def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
     uri = FileSystems.join(spec.output, "runs", f"{run_id}.json")
     data = json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8")
@@ -190,12 +185,12 @@ def write_run_record(spec: JobSpec, run_id: str, record: dict) -> str:
 
 
 def remove_unfinished(output: str, run_id: str, part: str, attempt: str) -> None:
-    """After a run broke or was interrupted: Beam's temp folders of this attempt's part files (never those
-    of another shard writing into the same run folder), and the run's table folders if nothing else is in
-    them (finished part files and images stay: a rerun reuses them)."""
+    """After a run broke or was interrupted: Beam's temp folders of this attempt's part files (any chunk of
+    ``part``; never those of another shard writing into the same run folder), and the run's table folders if
+    nothing else is in them (finished part files and images stay: a rerun reuses them)."""
     for table in ("provenance", "blueprints"):
         folder = FileSystems.join(output, table, f"run={run_id}")
-        temp_prefix = f"beam-temp-{part}-{attempt}-"
+        temp_prefix = f"beam-temp-{part}*-{attempt}-"
         try:
             if is_remote(folder):  # object stores: the temp objects themselves (no folders to remove)
                 pattern = FileSystems.join(folder, temp_prefix + "**")
@@ -203,7 +198,7 @@ def remove_unfinished(output: str, run_id: str, part: str, attempt: str) -> None
                 if temps:
                     FileSystems.delete(temps)
                 continue
-            for temp in glob.glob(os.path.join(glob.escape(folder), glob.escape(temp_prefix) + "*")):
+            for temp in glob.glob(os.path.join(glob.escape(folder), temp_prefix + "*")):
                 shutil.rmtree(temp)
             if os.path.isdir(folder) and not os.listdir(folder):
                 os.rmdir(folder)
@@ -248,41 +243,42 @@ def run_job(
     preflight.check_writable(spec.output, spec.limits.fetch_timeout_s)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
-    unfinished = functools.partial(remove_unfinished, spec.output, run_id, edit.part_name(shard), attempt)
+    base_part = edit.part_name(shard)
+    unfinished = functools.partial(remove_unfinished, spec.output, run_id, base_part, attempt)
+    build = functools.partial(
+        edit.build,
+        spec=spec,
+        run_id=run_id,
+        keys=keys,
+        versions_json=versions,
+        blueprint_files=earlier_blueprints,
+        provenance_files=provenance_files(spec.output) if spec.incremental else [],
+        attempt=attempt,
+    )
     with ProgressListener() as listener, _cleanup_on_failure(unfinished):
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
-        pipeline = beam.Pipeline(options=options)
-        edit.build(
-            pipeline,
-            spec,
-            run_id=run_id,
-            keys=keys,
-            versions_json=versions,
-            progress=progress,
-            blueprint_files=earlier_blueprints,
-            shard=shard,
-            provenance_files=provenance_files(spec.output) if spec.incremental else [],
-            attempt=attempt,
-        )
-        if local:
-            with LiveProgress(listener, console):
-                pipeline.run().wait_until_finish()
+        if chunked(spec):
+            parts = _run_chunks(spec, options, build, shard, progress, listener if local else None, console)
         else:
-            pipeline.run().wait_until_finish()
+            pipeline = beam.Pipeline(options=options)
+            build(pipeline, progress=progress, shard=shard, part=base_part)
+            with LiveProgress(listener, console) if local else contextlib.nullcontext():
+                pipeline.run().wait_until_finish()
+            parts = [base_part]
 
     elapsed = time.monotonic() - t0
     # A design run's result is its blueprint table; the other stages' is the provenance.
     table_name = "blueprints" if spec.stage == "design" else "provenance"
-    schema = BLUEPRINT_SCHEMA if spec.stage == "design" else PROVENANCE_SCHEMA
-    part = edit.part_name(shard)
-    table = read_own_table(spec.output, table_name, schema, run_id, part, attempt)
+    summary = summarize_own(spec.output, table_name, run_id, parts, attempt)
     written = {"all": ("blueprints", "provenance"), "design": ("blueprints",), "paint": ("provenance",)}
     for name in written[spec.stage]:
-        if name != table_name:
-            own_attempt_files(spec.output, name, run_id, part, attempt)  # complete before anything is deleted
+        for part in parts:
+            if name != table_name:  # complete before anything is deleted
+                own_attempt_files(spec.output, name, run_id, part, attempt)
     for name in written[spec.stage]:
-        _remove_older_attempts(spec.output, name, run_id, part, attempt, console)
-    counts = dict(Counter(table.column("status").to_pylist()))
+        for part in parts:
+            _remove_older_attempts(spec.output, name, run_id, part, attempt, console)
+    counts = summary.counts
     record = {
         "run_id": run_id,
         "name": spec.name,
@@ -293,7 +289,8 @@ def run_job(
         "counts": {status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
         "stage": spec.stage,
         "shard": None if shard is None else {"index": shard.index, "count": shard.count},
-        "rows": table.num_rows,
+        "rows": summary.rows,
+        "chunks": len(parts) if chunked(spec) else None,
         "started_at": started.isoformat(),
         "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         "elapsed_s": round(elapsed, 3),
@@ -307,7 +304,7 @@ def run_job(
         stage=spec.stage,
         run_record=record_uri,
         images_dir=FileSystems.join(spec.output, "images"),
-        failures=first_failures(table),
+        failures=summary.failures,
     )
 
 
@@ -352,9 +349,86 @@ def _remove_older_attempts(
         )
 
 
-def first_failures(table: pa.Table, limit: int = 10) -> list[dict[str, Any]]:
+@dataclass
+class OwnSummary:
+    """What a run wrote, read back from its own part files a batch at a time (bounded memory)."""
+
+    counts: dict[str, int]
+    rows: int
+    failures: list[dict[str, Any]]  # the first failed rows by (stage, id), for the console
+
+
+def summarize_own(output: str, table: str, run_id: str, parts: list[str], attempt: str) -> OwnSummary:
+    """Exact counts of this run's rows, from every file it wrote (each must be there and readable, else
+    ``PartFileError`` naming it), reading only four columns, a batch at a time."""
+    counts: Counter = Counter()
+    failures: list[dict[str, Any]] = []
+    for part in parts:
+        for path in own_attempt_files(output, table, run_id, part, attempt):
+            try:
+                with FileSystems.open(path) as handle:
+                    batches = pq.ParquetFile(handle).iter_batches(
+                        columns=["id", "status", "error_stage", "error"]
+                    )
+                    for batch in batches:
+                        rows = batch.to_pylist()
+                        counts.update(r["status"] for r in rows)
+                        failed = [r for r in rows if r["status"] == "failed"]
+                        failures = first_failures(failures + failed)
+            except PartFileError:
+                raise
+            except Exception as exc:
+                raise PartFileError(f"{path}: unreadable part file ({type(exc).__name__}: {exc})") from exc
+    return OwnSummary(
+        counts={status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
+        rows=sum(counts.values()),
+        failures=failures,
+    )
+
+
+def first_failures(rows: list[dict[str, Any]], limit: int = 10) -> list[dict[str, Any]]:
     """Up to ``limit`` failed rows as {id, stage, error}, ordered by stage then id for a stable display."""
-    failed = table.filter(pc.equal(table.column("status"), "failed"))
-    rows = failed.select(["id", "error_stage", "error"]).to_pylist()
-    rows.sort(key=lambda r: (r["error_stage"] or "", r["id"] or ""))
-    return [{"id": r["id"], "stage": r["error_stage"], "error": r["error"]} for r in rows[:limit]]
+    rows = [{"id": r["id"], "stage": r.get("error_stage", r.get("stage")), "error": r["error"]} for r in rows]
+    return heapq.nsmallest(limit, rows, key=lambda r: (r["stage"] or "", r["id"] or "", r["error"] or ""))
+
+
+def chunked(spec: JobSpec) -> bool:
+    """The embedded runner keeps whole PCollections in memory: it runs a manifest chunk by chunk."""
+    return spec.runner.name in LOCAL_RUNNERS and spec.runner.chunk_rows is not None
+
+
+def _run_chunks(
+    spec: JobSpec,
+    options: PipelineOptions,
+    build: Callable[..., None],
+    shard: Shard | None,
+    progress: beam.PTransform | None,
+    listener: ProgressListener | None,
+    console: Console,
+) -> list[str]:
+    """Plan the manifest's chunks (spilled to a temporary folder), then one pipeline per chunk, in order;
+    returns the part prefixes written. Progress and the summary are over the whole run."""
+    assert spec.runner.chunk_rows is not None
+    with tempfile.TemporaryDirectory(prefix="dimflow-chunks-") as folder:
+        plan = plan_chunks(
+            spec.manifest,
+            spec.limits.manifest_limits(),
+            chunk_rows=spec.runner.chunk_rows,
+            folder=folder,
+            owns=shard.owns if shard is not None else None,
+        )
+        chunks = plan.chunks or (empty_chunk(folder),)  # an empty shard still writes its (empty) tables
+        if len(chunks) > 1:
+            console.print(
+                text(f"{plan.rows:,} rows in {len(chunks)} chunks of up to {plan.size:,} (runner.chunk_rows)")
+            )
+        parts = []
+        live = LiveProgress(listener, console, total=plan.rows) if listener else contextlib.nullcontext()
+        with live:
+            for chunk in chunks:
+                part = edit.part_name(shard, chunk=chunk.index, chunk_rows=plan.size)
+                pipeline = beam.Pipeline(options=options)
+                build(pipeline, progress=progress, rows=ReadChunk(chunk), part=part)
+                pipeline.run().wait_until_finish()
+                parts.append(part)
+    return parts

@@ -113,6 +113,10 @@ class RunnerSpec(_Strict):
         "FnApiRunner"
     )
     options: dict[str, Any] = Field(default_factory=dict)
+    # The embedded runners (FnApiRunner, DirectRunner) hold whole PCollections in memory: they run the
+    # manifest in chunks of this many rows, one pipeline after another (null: one pipeline for all rows).
+    # Distributed runners stream between stages and ignore it.
+    chunk_rows: int | None = Field(20_000, ge=1)
 
 
 class LimitsSpec(_Strict):

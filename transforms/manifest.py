@@ -570,7 +570,9 @@ class _Check(beam.DoFn):
 
     def process(self, raw: RawRow) -> Iterator[Any]:
         checked = check_row(raw, limits=self._limits)
-        if checked.id is not None:
+        if checked.id is not None and raw.first_ref is not None:  # decided over the whole manifest
+            yield checked.failure([duplicate_problem(checked.id, raw.ref, raw.first_ref)])
+        elif checked.id is not None:
             yield beam.pvalue.TaggedOutput(self.KEYED, (checked.id, checked))
         else:
             yield checked.failure()

@@ -68,6 +68,9 @@ class RawRow:
     data: dict[str, Any] | None
     error: str | None
     raw: str
+    # Set when the manifest was planned in chunks (transforms/chunks.py): an earlier row of the whole
+    # manifest has this row's id, so it fails as that row's duplicate.
+    first_ref: RowRef | None = None
 
 
 class ManifestRefused(ValueError):

@@ -43,7 +43,9 @@ ATTEMPT_TAG = re.compile(_TAG)
 PART_FILE = re.compile(
     rf"(?P<part>.+?)(?:-(?P<attempt>{_TAG}))?-(?P<index>\d{{5,}})-of-(?P<count>\d{{5,}})\.parquet"
 )
-_SHARDED_PART = re.compile(r"part-shard-\d{5,}-of-(?P<count>\d{5,})")
+_LAYOUT_PART = re.compile(
+    r"part(?:-shard-\d{5,}-of-(?P<shards>\d{5,}))?(?:-chunk-\d{5,}-size-(?P<chunk_rows>\d+))?"
+)
 LEGACY = ""  # the attempt tag of files named before attempt tags existed
 METRICS_NAMESPACE = "dimflow.tables"
 DAMAGED_COUNTER = "damaged_part_files"
@@ -218,38 +220,54 @@ def list_run_table(
     return TableListing(chosen=tuple(chosen), ignored=tuple(ignored), attempts=tuple(every))
 
 
-def shard_layout(part: str) -> int:
-    """How many shards wrote a part prefix: N for ``part-shard-0000I-of-0000N``, 0 for an unsharded ``part``."""
-    found = _SHARDED_PART.fullmatch(part)
-    return int(found["count"]) if found else 0
+def layout(part: str) -> tuple[int, int] | None:
+    """How a run split its rows, from a part prefix: (shard count, chunk rows), 0 for "not split".
+
+    ``part`` -> (0, 0); ``part-shard-00001-of-00003`` -> (3, 0); ``part-chunk-00002-size-20000`` ->
+    (0, 20000). None for a prefix dimflow does not write (a file someone put there): no layout rule
+    applies to it, so it is read (and named if damaged) rather than silently dropped.
+    """
+    found = _LAYOUT_PART.fullmatch(part)
+    if found is None:
+        return None
+    return (int(found["shards"] or 0), int(found["chunk_rows"] or 0))
 
 
 def _newest_layout(chosen: list[Attempt], ignored: list[SkippedFile]) -> list[Attempt]:
-    """Per run, the parts of the shard layout written last; another layout's parts go to ``ignored``.
+    """Per run, the parts of the layout (shard count, chunk rows) written last; another layout's parts go
+    to ``ignored``.
 
-    A run id rerun with another shard count (or unsharded after sharded) splits the ids differently, so
-    its parts cannot be combined with the earlier layout's without counting rows twice.
+    A run id rerun with another shard count or chunk size (or unsplit after split) divides the rows
+    differently, so its parts cannot be combined with the earlier layout's without counting rows twice.
     """
-    layouts: dict[str, dict[int, list[Attempt]]] = {}
-    for attempt in chosen:
-        layouts.setdefault(attempt.run_id, {}).setdefault(shard_layout(attempt.part), []).append(attempt)
+    layouts: dict[str, dict[tuple[int, int], list[Attempt]]] = {}
     kept: list[Attempt] = []
+    for attempt in chosen:
+        split = layout(attempt.part)
+        if split is None:
+            kept.append(attempt)
+        else:
+            layouts.setdefault(attempt.run_id, {}).setdefault(split, []).append(attempt)
     for run, by_layout in layouts.items():
         newest = max(by_layout, key=lambda n: max(a.order for a in by_layout[n]))
-        for layout, attempts in by_layout.items():
-            if layout == newest:
+        for split, attempts in by_layout.items():
+            if split == newest:
                 kept.extend(attempts)
                 continue
             reason = (
-                f"written by an earlier run of run id {run} with {_layout_name(layout)}, superseded by a "
+                f"written by an earlier run of run id {run} with {_layout_name(split)}, superseded by a "
                 f"rerun with {_layout_name(newest)}; not read"
             )
             ignored.extend(SkippedFile(f.path, reason) for a in attempts for f in a.files)
     return sorted(kept, key=lambda a: (a.run_id, a.part))
 
 
-def _layout_name(layout: int) -> str:
-    return f"{layout} shards" if layout else "no shards"
+def _layout_name(split: tuple[int, int]) -> str:
+    shards, chunk_rows = split
+    words = [f"{shards} shards" if shards else "no shards"]
+    if chunk_rows:
+        words.append(f"chunks of {chunk_rows} rows")
+    return " and ".join(words)
 
 
 def log_skipped(skipped: Iterable[SkippedFile], table: str) -> None:
@@ -290,11 +308,11 @@ def remove_older_attempts(output: str, table: str, run_id: str, part: str, attem
     own = next((a for a in listing.attempts if a.part == part and a.tag == attempt), None)
     if own is None:
         return []
-    layout = shard_layout(part)
+    own_layout = layout(part)
     older = [
         f.path
         for a in listing.attempts
-        if a.order < own.order and (a.part == part or shard_layout(a.part) != layout)
+        if a.order < own.order and (a.part == part or layout(a.part) not in (own_layout, None))
         for f in a.files
     ]
     if older:
