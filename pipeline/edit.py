@@ -6,6 +6,7 @@ into the provenance write, so each manifest row yields exactly one provenance ro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -117,13 +118,21 @@ def row_mode(row: ManifestRow) -> str:
     return "edit" if row.source else "t2i"
 
 
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    """``realpath`` of a folder; rows share few folders, and resolving walks every path component."""
+    return os.path.realpath(folder)
+
+
 def inside_output(source: str, output: str) -> bool:
     """Is ``source`` in the output tree, as written or (local paths) after resolving symlinks?"""
     if manifest.under_roots(source, [output]):
         return True
     if "://" in source or "://" in output:
         return False
-    return manifest.under_roots(os.path.realpath(source), [os.path.realpath(output)])
+    folder, name = os.path.split(source)
+    real = os.path.realpath(source) if os.path.islink(source) else os.path.join(_real_folder(folder), name)
+    return manifest.under_roots(real, [_real_folder(output)])
 
 
 def job_row_problem(row: ManifestRow, checkpoints: dict[str, str], output: str) -> manifest.Problem | None:

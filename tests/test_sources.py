@@ -262,9 +262,10 @@ def test_a_slow_read_times_out_and_its_thread_stops_at_the_next_chunk():
 
 
 @pytest.mark.timeout(60)
-def test_stuck_reads_are_bounded_per_location():
+def test_stuck_reads_are_bounded_per_location(monkeypatch):
     """Abandoned reads stuck in one call hold their location: with K of them alive no read starts there
     (even between successes, which reset the breaker's streak)."""
+    monkeypatch.setattr(sources, "may_hang", lambda path: path.startswith("/m/"))  # /m: a hung NFS mount
     release = threading.Event()
     calls = []
 
@@ -291,6 +292,47 @@ def test_stuck_reads_are_bounded_per_location():
         release.set()
     assert wait_for(lambda: breaker.stuck == 0)
     assert reader.read("/m/ok-4") == b"fine"
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+40 27 0:50 / /mnt/catalog rw,relatime - nfs4 filer:/export rw
+41 27 0:51 / /mnt/bucket rw,relatime - fuse.gcsfuse bucket rw
+42 40 8:2 / /mnt/catalog/local\\040disk rw,relatime - xfs /dev/sdb1 rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "hangs"),
+    [
+        ("/data/a.png", False),  # the ext4 root
+        ("/mnt/catalog/a.png", True),  # NFS
+        ("/mnt/catalog/deep/er/a.png", True),
+        ("/mnt/bucket/a.png", True),  # FUSE
+        ("/mnt/catalog/local disk/a.png", False),  # a local disk mounted below the NFS mount
+        ("/mnt/catalogue/a.png", False),  # a sibling whose name starts the same
+    ],
+)
+def test_reads_that_may_hang_are_told_from_the_mount_table(tmp_path, monkeypatch, path, hangs):
+    (tmp_path / "mountinfo").write_text(MOUNTINFO)
+    monkeypatch.setattr(sources, "_MOUNTINFO", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(sources, "_mounts_cache", (float("-inf"), []))
+    sources._folder_may_hang.cache_clear()
+    try:
+        assert sources.may_hang(path) is hangs
+    finally:
+        sources._folder_may_hang.cache_clear()
+
+
+def test_without_a_mount_table_every_read_gets_the_deadline_thread(monkeypatch):
+    monkeypatch.setattr(sources, "_MOUNTINFO", "/nonexistent/mountinfo")
+    monkeypatch.setattr(sources, "_mounts_cache", (float("-inf"), []))
+    sources._folder_may_hang.cache_clear()
+    try:
+        assert sources.may_hang("/data/a.png") is True
+    finally:
+        sources._folder_may_hang.cache_clear()
 
 
 # --- the circuit breaker -----------------------------------------------------------------------------

@@ -37,13 +37,20 @@ def worker_name() -> str:
     return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Columns whose text comes from outside dimflow (the manifest, a server's reply, an exception): the ones
+# scrubbed of secrets. The others are dimflow's own (hashes, keys, names, timestamps, validated ids).
+FREE_TEXT = frozenset({"error", "instruction", "blueprint", "source_uri", "output_uri", "metadata", "designer"})
+
+
 def safe_text(row: dict[str, Any], scrub: Scrubber) -> dict[str, Any]:
-    """Strings that may be stored: no secrets (a server may echo the key back), and nothing Parquet
-    refuses (a hostile manifest's lone surrogates become visible escapes, ``\\ud800``, instead of failing
-    the whole write)."""
+    """Strings that may be stored: no secrets in free text (a server may echo the key back), and nothing
+    Parquet refuses (a hostile manifest's lone surrogates become visible escapes, ``\\ud800``, instead of
+    failing the whole write)."""
+    clean = scrub.bound()
     for name, value in row.items():
         if isinstance(value, str):
-            row[name] = scrub(value.encode("utf-8", "backslashreplace").decode("utf-8"))
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            row[name] = clean(value) if name in FREE_TEXT else value
     return row
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 REDACTED = "[redacted]"
 # Shorter values are not treated as secrets: replacing "ab" everywhere would mangle text for no gain.
 MIN_SECRET_CHARS = 4
 
+# Every shape below contains one of these: text without any (nearly all text) skips the shape regexes.
+_TRIGGER = re.compile(r"(?i)bearer|authoriz|api-key|sk-")
 _HEADER = re.compile(
     r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|openai-api-key)(\"?\s*[:=]\s*\"?)"
     r"(?:(bearer|basic|token)\s+)?[^\s,;\"'}\]]+"
@@ -48,12 +50,24 @@ class Scrubber:
         values = (os.environ.get(name, "").strip() for name in self.env_names)
         return sorted({v for v in values if len(v) >= MIN_SECRET_CHARS}, key=len, reverse=True)
 
+    def bound(self) -> Callable[[str], str]:
+        """The scrubbing function with this moment's secret values (read once: for many texts in a row)."""
+        secrets = self.secrets()
+
+        def scrub(text: str) -> str:
+            for secret in secrets:
+                if secret in text:
+                    text = text.replace(secret, REDACTED)
+            if _TRIGGER.search(text) is None:
+                return text
+            text = _HEADER.sub(_header, text)
+            text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+            return _OPENAI_KEY.sub(REDACTED, text)
+
+        return scrub
+
     def __call__(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, REDACTED)
-        text = _HEADER.sub(_header, text)
-        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-        return _OPENAI_KEY.sub(REDACTED, text)
+        return self.bound()(text)
 
     def __repr__(self) -> str:
         return f"Scrubber(env_names={self.env_names!r})"

@@ -12,9 +12,12 @@ Sources are untrusted paths. What this module guarantees for every read (``Sourc
   opened (``/proc/self/fd/N`` on Linux; elsewhere ``realpath`` plus an st_dev/st_ino match against the
   fd) must lie under the real path of a root, so a symlink inside a root cannot lead outside it. The
   check happens before a single byte is read.
-- **A deadline.** The whole open+read runs on a daemon thread; the caller waits at most
-  ``limits.fetch_timeout_s`` and fails the row when it passes. The thread itself checks the deadline
-  between chunks, so a slow trickle stops at the next chunk. A thread stuck inside one OS or library call
+- **A deadline.** The open+read of remote storage and of files on network or FUSE mounts (told from
+  /proc/self/mountinfo; where there is none, every read) runs on a daemon thread; the caller waits at most
+  ``limits.fetch_timeout_s`` and fails the row when it passes. The read itself checks the deadline between
+  chunks, so a slow trickle stops at the next chunk. Files on local disks are read inline with that same
+  chunk-level deadline: a local disk answers or fails, and handing each read to a thread costs more than
+  reading a small source. A thread stuck inside one OS or library call
   cannot be killed: it is *abandoned*, keeps its fd until that call returns, and ends then (its bytes are
   dropped). Abandoned threads stay bounded: every timeout counts as a storage error of its location, so
   after ``limits.storage_errors_before_fail_fast`` (K) of them the location fails fast and starts no new
@@ -41,7 +44,9 @@ Sources are untrusted paths. What this module guarantees for every read (``Sourc
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import queue
 import re
 import stat
 import threading
@@ -390,6 +395,84 @@ class _ReadJob:
         return False
 
 
+# Filesystems where a read can block indefinitely (a hung server): their reads run on a thread with the
+# hard deadline. Local disks are read inline, with the deadline checked between chunks.
+_NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "afs", "davfs", "gpfs"}
+)
+_MOUNTINFO = "/proc/self/mountinfo"
+_MOUNTS_TTL_S = 60.0
+_mounts_cache: tuple[float, list[tuple[str, str]]] = (float("-inf"), [])
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type), longest mount point first; re-read at most once a minute."""
+    global _mounts_cache
+    read_at, mounts = _mounts_cache
+    if time.monotonic() - read_at < _MOUNTS_TTL_S:
+        return mounts
+    mounts = []
+    with open(_MOUNTINFO, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" not in fields:
+                continue
+            point = fields[4].encode("latin-1", "replace").decode("unicode_escape", "replace")  # \040 etc.
+            mounts.append((point, fields[fields.index("-") + 1]))
+    mounts.sort(key=lambda m: len(m[0]), reverse=True)
+    _mounts_cache = (time.monotonic(), mounts)
+    return mounts
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_may_hang(folder: str) -> bool:
+    try:
+        real = os.path.realpath(folder)
+        mounts = _mounts()
+    except OSError:  # no /proc (not Linux): every read gets the thread and the hard deadline
+        return True
+    for point, fstype in mounts:
+        if real == point or real.startswith(point.rstrip("/") + "/"):
+            return fstype in _NETWORK_FILESYSTEMS or fstype.startswith("fuse")
+    return True
+
+
+def may_hang(path: str) -> bool:
+    """Can reading this local path block indefinitely (a network or FUSE mount), as far as we can tell?"""
+    return _folder_may_hang(os.path.dirname(os.path.abspath(path)))
+
+
+class _DaemonThreads:
+    """Runs reads on daemon threads, reusing idle ones: starting a thread per read costs about as much as
+    reading a small source. A read stuck past its deadline keeps its thread (it is abandoned, see the module
+    docstring) and later reads take or start others; at most ``max_idle`` idle threads are kept."""
+
+    def __init__(self, max_idle: int = 16):
+        self._max_idle = max_idle
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue] = []
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="dimflow-read", daemon=True).start()
+        inbox.put(job)
+
+    def _serve(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            job = inbox.get()
+            job()  # _ReadJob.run catches everything: the thread survives any read
+            with self._lock:
+                if len(self._idle) >= self._max_idle:
+                    return
+                self._idle.append(inbox)
+
+
+READ_THREADS = _DaemonThreads()  # per process
+
+
 class SourceReader:
     """Reads sources within the limits: bytes, time, roots, and the storage's recent health."""
 
@@ -449,7 +532,10 @@ class SourceReader:
     def _read_with_deadline(self, uri: str, breaker: CircuitBreaker) -> bytes:
         deadline = time.monotonic() + self.timeout_s
         job = _ReadJob(lambda cancelled: self._open_and_read(uri, deadline, cancelled), breaker)
-        threading.Thread(target=job.run, name=f"dimflow-read {breaker.location}", daemon=True).start()
+        if breaker.location == LOCAL and not may_hang(uri):
+            job.run()  # a local disk answers or fails; a thread handoff would cost more than the read
+        else:
+            READ_THREADS.run(job.run)
         if not job.wait(self.timeout_s):
             raise self._timeout(uri)
         if job.error is None:
