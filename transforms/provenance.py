@@ -39,7 +39,9 @@ def worker_name() -> str:
 
 # Columns whose text comes from outside dimflow (the manifest, a server's reply, an exception): the ones
 # scrubbed of secrets. The others are dimflow's own (hashes, keys, names, timestamps, validated ids).
-FREE_TEXT = frozenset({"error", "instruction", "blueprint", "source_uri", "output_uri", "metadata", "designer"})
+FREE_TEXT = frozenset(
+    {"error", "instruction", "blueprint", "source_uri", "output_uri", "metadata", "designer"}
+)
 
 
 def safe_text(row: dict[str, Any], scrub: Scrubber) -> dict[str, Any]:
