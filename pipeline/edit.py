@@ -22,6 +22,7 @@ from transforms import images, manifest, schema
 from transforms.blueprints import JournalDesigns, LookupBlueprints, blueprint_row
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
+from transforms.history import HistoryIndex
 from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler
@@ -167,17 +168,26 @@ def check_job_row(row: ManifestRow, checkpoints: dict[str, str], output: str) ->
 
 
 def _design(
-    keyed: beam.PCollection, spec: JobSpec, keys: JobKeys, blueprint_files: list[str], run_id: str
+    keyed: beam.PCollection,
+    spec: JobSpec,
+    keys: JobKeys,
+    blueprint_files: list[str],
+    run_id: str,
+    history: HistoryIndex | None,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """Records with blueprints, and the design failures: from earlier tables, the designer, or both."""
     if spec.stage == "paint":
-        found = keyed | "Blueprints" >> LookupBlueprints(blueprint_files, spec.output, required=True)
+        found = keyed | "Blueprints" >> LookupBlueprints(
+            blueprint_files, spec.output, required=True, index=history
+        )
         return found.found, [found.missing]
     to_design = keyed
     reused = []
     caching = spec.designer.cache and spec.designer.kind != "none"
     if caching:  # earlier tables, then the journal of runs that did not finish
-        found = keyed | "CachedBlueprints" >> LookupBlueprints(blueprint_files, spec.output, required=False)
+        found = keyed | "CachedBlueprints" >> LookupBlueprints(
+            blueprint_files, spec.output, required=False, index=history
+        )
         to_design, reused = found.missing, [found.found]
     designer_config = spec.designer.model_dump()
     new = to_design | "Design" >> DesignRecords(
@@ -272,6 +282,7 @@ def build(
     attempt: str,
     rows: beam.PTransform | None = None,
     part: str | None = None,
+    history: HistoryIndex | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
@@ -284,6 +295,8 @@ def build(
     and shard replaces its earlier rows instead of adding to them (see transforms/tables.py).
     ``rows`` replaces reading the manifest (a chunk of it: ``transforms.chunks.ReadChunk``, already
     limited to the shard's rows) and ``part`` names the part files (default: ``part_name(shard)``).
+    ``history`` (embedded runners) answers the earlier-runs lookups from a local index instead of
+    joining ``blueprint_files`` / ``provenance_files`` in the pipeline.
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
@@ -311,12 +324,12 @@ def build(
     skipped = []
     if spec.incremental and spec.stage != "design":  # a design run has no render keys
         done = keyed | "SkipRendered" >> SkipRendered(
-            spec.output, spec.painter.output_format, provenance_files or []
+            spec.output, spec.painter.output_format, provenance_files or [], index=history
         )
         keyed, skipped = done.todo, [done.skipped]
     early_failures = [validated.failed, moded.failed, fetched.failed]
 
-    designed, design_failures = _design(keyed, spec, keys, blueprint_files or [], run_id)
+    designed, design_failures = _design(keyed, spec, keys, blueprint_files or [], run_id, history)
     if spec.stage in ("all", "design"):
         blueprints = (
             (designed, *early_failures, *design_failures)

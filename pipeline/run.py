@@ -36,6 +36,7 @@ from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
 from transforms.chunks import ReadChunk, empty_chunk, plan_chunks
 from transforms.designer.registry import make_provider
+from transforms.history import build_history_index
 from transforms.incremental import provenance_files
 from transforms.painter.handler import checkpoint_fingerprint
 from transforms.provenance import versions_json
@@ -245,20 +246,35 @@ def run_job(
 
     base_part = edit.part_name(shard)
     unfinished = functools.partial(remove_unfinished, spec.output, run_id, base_part, attempt)
-    build = functools.partial(
-        edit.build,
-        spec=spec,
-        run_id=run_id,
-        keys=keys,
-        versions_json=versions,
-        blueprint_files=earlier_blueprints,
-        provenance_files=provenance_files(spec.output) if spec.incremental else [],
-        attempt=attempt,
-    )
-    with ProgressListener() as listener, _cleanup_on_failure(unfinished):
+    earlier_provenance = provenance_files(spec.output) if spec.incremental and spec.stage != "design" else []
+    with (
+        tempfile.TemporaryDirectory(prefix="dimflow-run-") as scratch,
+        ProgressListener() as listener,
+        _cleanup_on_failure(unfinished),
+    ):
+        history = None
+        if spec.runner.name in LOCAL_RUNNERS and (earlier_provenance or earlier_blueprints):
+            history = build_history_index(
+                os.path.join(scratch, "history.sqlite"),
+                provenance=earlier_provenance,
+                blueprints=earlier_blueprints,
+            )
+        build = functools.partial(
+            edit.build,
+            spec=spec,
+            run_id=run_id,
+            keys=keys,
+            versions_json=versions,
+            blueprint_files=earlier_blueprints,
+            provenance_files=earlier_provenance,
+            attempt=attempt,
+            history=history,
+        )
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
         if chunked(spec):
-            parts = _run_chunks(spec, options, build, shard, progress, listener if local else None, console)
+            parts = _run_chunks(
+                spec, options, build, shard, progress, listener if local else None, console, scratch
+            )
         else:
             pipeline = beam.Pipeline(options=options)
             build(pipeline, progress=progress, shard=shard, part=base_part)
@@ -405,30 +421,32 @@ def _run_chunks(
     progress: beam.PTransform | None,
     listener: ProgressListener | None,
     console: Console,
+    scratch: str,
 ) -> list[str]:
-    """Plan the manifest's chunks (spilled to a temporary folder), then one pipeline per chunk, in order;
-    returns the part prefixes written. Progress and the summary are over the whole run."""
+    """Plan the manifest's chunks (spilled to the run's scratch folder), then one pipeline per chunk, in
+    order; returns the part prefixes written. Progress and the summary are over the whole run."""
     assert spec.runner.chunk_rows is not None
-    with tempfile.TemporaryDirectory(prefix="dimflow-chunks-") as folder:
-        plan = plan_chunks(
-            spec.manifest,
-            spec.limits.manifest_limits(),
-            chunk_rows=spec.runner.chunk_rows,
-            folder=folder,
-            owns=shard.owns if shard is not None else None,
+    folder = os.path.join(scratch, "chunks")
+    os.mkdir(folder)
+    plan = plan_chunks(
+        spec.manifest,
+        spec.limits.manifest_limits(),
+        chunk_rows=spec.runner.chunk_rows,
+        folder=folder,
+        owns=shard.owns if shard is not None else None,
+    )
+    chunks = plan.chunks or (empty_chunk(folder),)  # an empty shard still writes its (empty) tables
+    if len(chunks) > 1:
+        console.print(
+            text(f"{plan.rows:,} rows in {len(chunks)} chunks of up to {plan.size:,} (runner.chunk_rows)")
         )
-        chunks = plan.chunks or (empty_chunk(folder),)  # an empty shard still writes its (empty) tables
-        if len(chunks) > 1:
-            console.print(
-                text(f"{plan.rows:,} rows in {len(chunks)} chunks of up to {plan.size:,} (runner.chunk_rows)")
-            )
-        parts = []
-        live = LiveProgress(listener, console, total=plan.rows) if listener else contextlib.nullcontext()
-        with live:
-            for chunk in chunks:
-                part = edit.part_name(shard, chunk=chunk.index, chunk_rows=plan.size)
-                pipeline = beam.Pipeline(options=options)
-                build(pipeline, progress=progress, rows=ReadChunk(chunk), part=part)
-                pipeline.run().wait_until_finish()
-                parts.append(part)
+    parts = []
+    live = LiveProgress(listener, console, total=plan.rows) if listener else contextlib.nullcontext()
+    with live:
+        for chunk in chunks:
+            part = edit.part_name(shard, chunk=chunk.index, chunk_rows=plan.size)
+            pipeline = beam.Pipeline(options=options)
+            build(pipeline, progress=progress, rows=ReadChunk(chunk), part=part)
+            pipeline.run().wait_until_finish()
+            parts.append(part)
     return parts

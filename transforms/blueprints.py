@@ -18,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.history import DESIGN_COLUMNS, HistoryIndex
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.schema import BLUEPRINT_SCHEMA
@@ -26,7 +27,6 @@ from transforms.storage import write_atomic
 from transforms.tables import ReadPartFiles, list_run_table, log_skipped
 
 MISSING = "missing"
-_READ_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
 
 
 def blueprint_files(output: str) -> list[str]:
@@ -112,18 +112,37 @@ def _reuse(record: EditRecord, blueprint: str, designer: str | None, run_id: str
     )
 
 
-def _apply(element: tuple[str, dict[str, list]], required: bool, output: str) -> Iterable:
+def _apply_joined(element: tuple[str, dict[str, list]], required: bool, output: str) -> Iterable:
     key, grouped = element
-    entry = _pick(grouped["tables"])
-    if grouped["records"] and not (entry is not None and entry.get("status") == "ok"):
+    yield from apply_entry(key, grouped["records"], _pick(grouped["tables"]), required, output)
+
+
+class _ApplyFromIndex(beam.DoFn):
+    def __init__(self, index: HistoryIndex, output: str, required: bool):
+        self._index = index
+        self._output = output
+        self._required = required
+
+    def process(self, record: EditRecord) -> Iterable:
+        assert record.design_key is not None
+        entry = self._index.design(record.design_key)
+        yield from apply_entry(record.design_key, [record], entry, self._required, self._output)
+
+
+def apply_entry(
+    key: str, records: list[EditRecord], entry: dict[str, Any] | None, required: bool, output: str
+) -> Iterable:
+    """``records`` of one design key with the blueprint of ``entry`` (the key's ``_pick``ed table row) or,
+    when it has none, of the journal; else tagged ``missing`` (a Failure when ``required``)."""
+    if records and not (entry is not None and entry.get("status") == "ok"):
         journal = read_journal(output, key)  # made by a run that did not finish
         if journal is not None:
-            for record in grouped["records"]:
+            for record in records:
                 yield _reuse(
                     record, journal["blueprint"], journal.get("designer"), journal.get("run_id") or ""
                 )
             return
-    for record in grouped["records"]:
+    for record in records:
         if entry is not None and entry.get("status") == "ok":
             yield _reuse(record, entry["blueprint"], entry["designer"], entry["run_id"])
         elif not required:
@@ -148,13 +167,18 @@ class LookupBlueprints(beam.PTransform):
     ``required=True`` (``stage: paint``) a ``Failure`` at stage ``design`` saying why.
     """
 
-    def __init__(self, files: list[str], output: str, *, required: bool):
+    def __init__(self, files: list[str], output: str, *, required: bool, index: HistoryIndex | None = None):
         super().__init__()
         self._files = list(files)
         self._output = output
         self._required = required
+        self._index = index
 
     def expand(self, records):
+        if self._index is not None:  # embedded runner: earlier tables from the run's local index
+            return records | "ApplyFromIndex" >> beam.ParDo(
+                _ApplyFromIndex(self._index, self._output, self._required)
+            ).with_outputs(MISSING, main="found")
         pipeline = records.pipeline
         keyed_records = records | "KeyRecords" >> beam.Map(lambda r: (r.design_key, r))
         if self._files:
@@ -162,7 +186,7 @@ class LookupBlueprints(beam.PTransform):
                 pipeline
                 | "BlueprintFiles" >> beam.Create(self._files)
                 | "ReadBlueprints"
-                >> beam.ParDo(ReadPartFiles(_READ_COLUMNS))  # skips a damaged file, naming it
+                >> beam.ParDo(ReadPartFiles(DESIGN_COLUMNS))  # skips a damaged file, naming it
                 | "KeyEntries" >> beam.Map(lambda e: (e["design_key"], e))
                 | "Usable" >> beam.Filter(lambda kv: kv[0] is not None)
             )
@@ -172,5 +196,5 @@ class LookupBlueprints(beam.PTransform):
             {"records": keyed_records, "tables": entries}
             | "JoinOnDesignKey" >> beam.CoGroupByKey()
             | "Apply"
-            >> beam.FlatMap(_apply, self._required, self._output).with_outputs(MISSING, main="found")
+            >> beam.FlatMap(_apply_joined, self._required, self._output).with_outputs(MISSING, main="found")
         )

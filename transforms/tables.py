@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -340,6 +340,39 @@ class WriteRunTable(beam.PTransform):
         )
 
 
+def part_rows(
+    path: str,
+    columns: list[str],
+    on_damage: Callable[[str, Exception], None],
+    batch_rows: int = 1024,
+) -> Iterator[dict]:
+    """The rows (dicts of ``columns``) of one part file, a batch at a time; a file that cannot be opened or
+    read calls ``on_damage(path, error)`` and yields nothing more (rows already yielded from a file damaged
+    mid-way stay: they were read intact)."""
+    try:
+        handle = FileSystems.open(path)
+    except Exception as exc:
+        on_damage(path, exc)
+        return
+    try:
+        try:
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, columns=columns)
+        except Exception as exc:
+            on_damage(path, exc)
+            return
+        while True:
+            try:  # only the reading is guarded, not what the caller does with the rows
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:
+                on_damage(path, exc)
+                return
+            yield from batch.to_pylist()
+    finally:
+        handle.close()
+
+
 class ReadPartFiles(beam.DoFn):
     """Part-file paths in, their rows (dicts of ``columns``) out, read batch by batch.
 
@@ -354,32 +387,7 @@ class ReadPartFiles(beam.DoFn):
         self._damaged = Metrics.counter(METRICS_NAMESPACE, DAMAGED_COUNTER)
 
     def process(self, path: str) -> Iterator[dict]:
-        try:
-            handle = FileSystems.open(path)
-        except Exception as exc:
-            self._skip(path, exc)
-            return
-        try:
-            try:
-                batches = pq.ParquetFile(handle).iter_batches(
-                    batch_size=self._batch_rows, columns=self._columns
-                )
-            except Exception as exc:
-                self._skip(path, exc)
-                return
-            while True:
-                try:  # only the reading is guarded, not what downstream does with the rows
-                    batch = next(batches)
-                except StopIteration:
-                    return
-                except Exception as exc:
-                    # Rows already yielded from a file damaged mid-way stay: they were read intact,
-                    # and taking them back is impossible once they are downstream.
-                    self._skip(path, exc)
-                    return
-                yield from batch.to_pylist()
-        finally:
-            handle.close()
+        yield from part_rows(path, self._columns, self._skip, self._batch_rows)
 
     def _skip(self, path: str, exc: Exception) -> None:
         self._damaged.inc()
