@@ -15,11 +15,13 @@ The last line is ``RESULT rpm_ratio=<achieved/limit> throttled=<429 count> basel
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from transforms.designer.prompt import build_prompt  # noqa: E402
 from transforms.designer.registry import make_provider  # noqa: E402
 from transforms.designer.stage import DesignRecords  # noqa: E402
 from transforms.records import EditRecord, ManifestRow, RowRef  # noqa: E402
+from transforms.reread import SourceLimits  # noqa: E402
 
 KEY_ENV = "DIMFLOW_BENCH_DESIGNER_KEY"
 FAKE_KEY = "sk-bench-not-a-real-key"
@@ -48,7 +51,7 @@ def source_image() -> bytes:
     return buffer.getvalue()
 
 
-def run_stage(server: FakeOpenAI, args: argparse.Namespace, rows: int) -> tuple[int, float]:
+def run_stage(server: FakeOpenAI, args: argparse.Namespace, rows: int, workdir: str) -> tuple[int, float]:
     """Design ``rows`` rows through the Beam stage; returns (ok rows, end-to-end seconds)."""
     config = {
         "kind": "openai",
@@ -62,11 +65,15 @@ def run_stage(server: FakeOpenAI, args: argparse.Namespace, rows: int) -> tuple[
         "max_attempts": 5,
         "workers": 1,
     }
+    # Records carry the source's path and sha256, not its bytes: the stage reads the file again per row.
     image = source_image()
+    source = Path(workdir) / "source.jpg"
+    source.write_bytes(image)
     records = [
         EditRecord(
-            ManifestRow(f"row{i}", f"make object {i} blue", None, None, None, RowRef("bench", i + 1)),
-            source_bytes=image,
+            ManifestRow(f"row{i}", f"make object {i} blue", str(source), None, None, RowRef("bench", i + 1)),
+            source_sha256=hashlib.sha256(image).hexdigest(),
+            source_size=len(image),
         )
         for i in range(rows)
     ]
@@ -75,7 +82,12 @@ def run_stage(server: FakeOpenAI, args: argparse.Namespace, rows: int) -> tuple[
     out = (
         pipeline
         | beam.Create(records)
-        | DesignRecords(lambda: make_provider(config), lambda r: r.id, max_batch_size=args.max_concurrency)
+        | DesignRecords(
+            lambda: make_provider(config),
+            lambda r: r.id,
+            max_batch_size=args.max_concurrency,
+            source_limits=SourceLimits(max_image_bytes=len(image)),
+        )
     )
     _ = out.designed | "CountOk" >> beam.Map(lambda r: Metrics.counter("bench", "ok").inc())
     _ = out.failed | "LogFailed" >> beam.Map(lambda f: logging.warning("failed row %s: %s", f.id, f.error))
@@ -123,7 +135,8 @@ def main() -> None:
         print(
             f"fake server: limit {args.limit:g} requests/min (fixed 60 s windows), latency {args.latency:g} s"
         )
-        ok, wall = run_stage(server, args, rows)
+        with tempfile.TemporaryDirectory(prefix="dimflow-bench-designer-") as workdir:
+            ok, wall = run_stage(server, args, rows, workdir)
         arrivals = sorted(r.t for r in server.requests if r.status == 200)
         span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
         rpm = (len(arrivals) - 1) / span * 60 if len(arrivals) > 1 else 0.0

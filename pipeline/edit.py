@@ -2,6 +2,11 @@
 
 Every stage routes its failures to a dead-letter PCollection of ``Failure``; all of them are flattened
 into the provenance write, so each manifest row yields exactly one provenance row per run.
+
+No image bytes or pixels cross a stage boundary: records carry the source's URI and sha256, the
+designer and painter read the source again where they use it (``transforms.reread``), and each mode's
+images are written right after its RunInference, so only small records reach the Flattens (the
+embedded runner keeps whole PCollections in memory between stages).
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from transforms.records import (
     ManifestRow,
     error_text,
 )
+from transforms.reread import SourceLimits, reread_source
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.secrets import Scrubber
 from transforms.shards import Shard
+from transforms.sources import SourceError, SourceReader
 from transforms.tables import WriteRunTable
 
 FAILED = "failed"
@@ -167,6 +174,18 @@ def check_job_row(row: ManifestRow, checkpoints: dict[str, str], output: str) ->
         yield beam.pvalue.TaggedOutput(FAILED, Failure(EditRecord(row), STAGE_VALIDATE, str(problem)))
 
 
+def source_limits(spec: JobSpec) -> SourceLimits:
+    """The limits of every source read after the fetch stage: the fetch stage's own (``limits.*``)."""
+    limits = spec.limits
+    return SourceLimits(
+        max_image_bytes=limits.max_image_bytes,
+        fetch_timeout_s=limits.fetch_timeout_s,
+        source_roots=tuple(limits.source_roots) if limits.source_roots is not None else None,
+        storage_errors_before_fail_fast=limits.storage_errors_before_fail_fast,
+        storage_cooldown_s=limits.storage_cooldown_s,
+    )
+
+
 def _design(
     keyed: beam.PCollection,
     spec: JobSpec,
@@ -191,7 +210,10 @@ def _design(
         to_design, reused = found.missing, [found.found]
     designer_config = spec.designer.model_dump()
     new = to_design | "Design" >> DesignRecords(
-        lambda: make_provider(designer_config), keys.design_key, max_batch_size=spec.designer.max_concurrency
+        lambda: make_provider(designer_config),
+        keys.design_key,
+        max_batch_size=spec.designer.max_concurrency,
+        source_limits=source_limits(spec),
     )
     fresh = new.designed
     if caching:
@@ -228,12 +250,30 @@ def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
     )
 
 
-def to_paint_request(record: EditRecord) -> tuple[EditRecord, PaintRequest]:
-    assert record.seed is not None and record.blueprint is not None
-    request = PaintRequest(
-        key=record.id, prompt=record.blueprint, seed=record.seed, source=record.source_bytes
-    )
-    return record.evolve(source_bytes=None), request
+class ToPaintRequest(beam.DoFn):
+    """``EditRecord`` -> ``(record, PaintRequest)`` with the source's bytes, read again here.
+
+    Right before RunInference (and fused with it), so the bytes never sit in a PCollection between
+    stages. The read has the fetch stage's limits and must give the fetched bytes (``reread_source``);
+    otherwise the row leaves on the ``failed`` output as ``Failure(record, "paint", message)``.
+    """
+
+    def __init__(self, limits: SourceLimits):
+        self._limits = limits
+        self._reader: SourceReader | None = None
+
+    def setup(self) -> None:
+        self._reader = self._limits.reader()
+
+    def process(self, record: EditRecord) -> Iterable:
+        assert self._reader is not None
+        assert record.seed is not None and record.blueprint is not None
+        try:
+            source = reread_source(self._reader, record, STAGE_PAINT)
+        except SourceError as exc:
+            yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_PAINT, str(exc)))
+            return
+        yield record, PaintRequest(key=record.id, prompt=record.blueprint, seed=record.seed, source=source)
 
 
 def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
@@ -246,7 +286,11 @@ def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
 
 
 class WriteImages(beam.DoFn):
-    """Encode each painted image and write it under ``images/{id}/{render_key[:16]}.{fmt}``."""
+    """Encode each painted image and write it under ``images/{id}/{render_key[:16]}.{fmt}``.
+
+    Only the record leaves (with the painter's fields and the output's URI and sha256): the request's
+    source bytes and the painted image stay behind, so what follows holds no pixels.
+    """
 
     def __init__(self, output: str, fmt: str):
         self._output = output
@@ -349,34 +393,35 @@ def build(
     by_mode = designed | "ByMode" >> beam.Partition(
         lambda record, _n: MODES.index(row_mode(record.row)), len(MODES)
     )
-    painted_parts, paint_failed_parts = [], []
+    reread_limits = source_limits(spec)
+    written_parts, paint_failed_parts = [], []
     for mode, records in zip(MODES, by_mode, strict=True):
         if mode not in checkpoints:
             continue  # check_job_row already failed these rows; this branch stays empty
+        requests = records | f"ToPaintRequest[{mode}]" >> beam.ParDo(
+            ToPaintRequest(reread_limits)
+        ).with_outputs(FAILED, main="ok")
         painted_mode, dlq = (
-            records
-            | f"ToPaintRequest[{mode}]" >> beam.Map(to_paint_request)
+            requests.ok
             | f"Paint[{mode}]"
             >> RunInference(KeyedModelHandler(painter_handler(spec, mode))).with_exception_handling()
         )
-        painted_parts.append(painted_mode)
-        paint_failed_parts.append(
-            dlq.failed_inferences | f"PaintFailures[{mode}]" >> beam.FlatMap(failed_paint_batch)
-        )
-    painted = painted_parts | "Painted" >> beam.Flatten()
-    paint_failed = paint_failed_parts | "PaintFailed" >> beam.Flatten()
-    written = painted | "WriteImages" >> beam.ParDo(
-        WriteImages(spec.output, painter.output_format)
-    ).with_outputs(FAILED, main="ok")
+        # Write this mode's images here, before any Flatten: a Flatten is a stage boundary, where the
+        # embedded runner holds the whole PCollection in memory, and the painted elements hold the
+        # source's bytes and the painted image. WriteImages lets only the small record through.
+        written = painted_mode | f"WriteImages[{mode}]" >> beam.ParDo(
+            WriteImages(spec.output, painter.output_format)
+        ).with_outputs(FAILED, main="ok")
+        written_parts.append(written.ok)
+        paint_failed_parts += [
+            requests.failed,
+            dlq.failed_inferences | f"PaintFailures[{mode}]" >> beam.FlatMap(failed_paint_batch),
+            written.failed,
+        ]
 
-    failures = (
-        *early_failures,
-        *design_failures,
-        paint_failed,
-        written.failed,
-    ) | "AllFailures" >> beam.Flatten()
+    failures = (*early_failures, *design_failures, *paint_failed_parts) | "AllFailures" >> beam.Flatten()
     rows = (
-        (written.ok, *skipped, failures)
+        (*written_parts, *skipped, failures)
         | "Finished" >> beam.Flatten()
         | "ProvenanceRows" >> beam.Map(lambda item: provenance_row(item, context, time.time()))
     )

@@ -14,6 +14,7 @@ from transforms.designer.none import PassThroughDesigner
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.records import EditRecord, ManifestRow, RowRef
+from transforms.reread import SourceLimits
 
 
 def record(row_id: str, instruction: str) -> EditRecord:
@@ -54,7 +55,13 @@ def test_unknown_provider_kind_is_a_clear_error():
 def test_failures_become_design_failures_and_the_rest_goes_on():
     records = [record("a", "white background"), record("b", "please refuse"), record("c", "explode now")]
     with beam.Pipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create(records) | DesignRecords(Picky, lambda r: f"dk-{r.id}", max_batch_size=1)
+        out = (
+            p
+            | beam.Create(records)
+            | DesignRecords(
+                Picky, lambda r: f"dk-{r.id}", max_batch_size=1, source_limits=SourceLimits(max_image_bytes=1)
+            )
+        )
         designed = out.designed | "D" >> beam.Map(
             lambda r: (r.id, r.blueprint, r.designer, r.design_key, r.designer_attempts, r.tokens_out)
         )

@@ -264,9 +264,9 @@ def test_fetch_images_stage(tmp_path):
         assert_that(
             result.ok
             | "Ok"
-            >> beam.Map(lambda r: (r.id, r.source_sha256, r.source_width, r.source_height, r.source_bytes)),
+            >> beam.Map(lambda r: (r.id, r.source_sha256, r.source_size, r.source_width, r.source_height)),
             equal_to(
-                [("good", hashlib.sha256(good).hexdigest(), 6, 5, good), ("t2i", None, None, None, None)]
+                [("good", hashlib.sha256(good).hexdigest(), len(good), 6, 5), ("t2i", None, None, None, None)]
             ),
             label="ok",
         )

@@ -3,9 +3,11 @@
 Sources are untrusted: reading them is ``transforms.sources``' job (bounded bytes and time, regular
 files only, real paths inside the roots, fail-fast on failing storage), and ``decode_image`` checks the
 pixel count the header declares before any pixel is decoded, so a small file that declares a huge canvas
-(a decompression bomb) is rejected cheaply. The fetch stage keeps the
-ORIGINAL bytes in the record (their sha256 enters the render key); the painter decodes them again with
-the same ``decode_image``, so both see the same pixels.
+(a decompression bomb) is rejected cheaply. The fetch stage decodes each
+source fully to validate it and records the sha256 of its ORIGINAL bytes (it enters the render key), its
+size and its upright size, but not the bytes: the designer and painter read the source again
+(``transforms.reread``, which checks that sha256) and the painter decodes it with the same
+``decode_image``, so both see the same pixels.
 
 Decoding policy (one place, so every stage agrees):
 
@@ -169,9 +171,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
 
 
 class FetchImage(beam.DoFn):
-    """Read + decode each record's source (to validate it); keep the original bytes and their facts.
+    """Read + decode each record's source (to validate it); record its facts, not its bytes.
 
-    Records without a source (text-to-image) pass through untouched. The read goes through
+    The record leaves with the source's sha256, size in bytes and upright width/height; the bytes are
+    dropped (stages that need pixels read them again, see ``transforms.reread``). Records without a
+    source (text-to-image) pass through untouched. The read goes through
     ``sources.SourceReader`` (regular files only, real paths inside ``source_roots``, a deadline per
     source, fail-fast per storage location). Never raises: a bad source becomes
     ``Failure(record, "fetch", message)`` on the ``failed`` output.
@@ -218,8 +222,8 @@ class FetchImage(beam.DoFn):
             yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_FETCH, message))
             return
         yield record.evolve(
-            source_bytes=data,
             source_sha256=hashlib.sha256(data).hexdigest(),
+            source_size=len(data),
             source_width=width,
             source_height=height,
         )

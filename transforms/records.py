@@ -3,7 +3,8 @@
 One manifest row becomes one ``EditRecord``; each stage returns a copy with its own fields filled in
 (``dataclasses.replace``), so the record that reaches the end carries everything provenance needs.
 A stage that fails emits a ``Failure`` instead: the record as far as it got, plus the stage and error.
-Images travel as encoded bytes, never as tensors.
+Records never carry image bytes or pixels, only the source's URI, sha256 and size: the stages that need
+pixels read the source again where they use them (``transforms/reread.py`` says why).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ class EditRecord:
     """A row on its way through the pipeline; later stages fill later fields."""
 
     row: ManifestRow
-    # fetch
-    source_bytes: bytes | None = None
+    # fetch (the source itself is row.source; its bytes stay out of the record)
     source_sha256: str | None = None
+    source_size: int | None = None  # bytes
     source_width: int | None = None
     source_height: int | None = None
     # design

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
 import time
+from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -17,6 +19,7 @@ from transforms.designer.openai_provider import OpenAIDesigner
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.records import EditRecord, ManifestRow, RowRef
+from transforms.reread import SourceLimits
 
 IMAGE = png_bytes()
 
@@ -271,13 +274,18 @@ def test_config_names_what_changes_blueprints_and_nothing_else():
         make_provider({"kind": "gemini"})
 
 
-def _record(row_id: str, instruction: str) -> EditRecord:
+def _record(row_id: str, instruction: str, source: Path) -> EditRecord:
+    """A fetched record: the stage reads its source again and checks the sha256."""
     return EditRecord(
-        ManifestRow(row_id, instruction, None, None, None, RowRef("m.jsonl", 1)), source_bytes=IMAGE
+        ManifestRow(row_id, instruction, str(source), None, None, RowRef("m.jsonl", 1)),
+        source_sha256=hashlib.sha256(IMAGE).hexdigest(),
+        source_size=len(IMAGE),
     )
 
 
-def test_through_the_beam_stage(fake_server, api_key):
+def test_through_the_beam_stage(fake_server, api_key, tmp_path):
+    source = tmp_path / "image.png"
+    source.write_bytes(IMAGE)
     server = fake_server()
     server.script("the refused row", ["refusal"])
     server.script("the down row", ["500", "500"])
@@ -290,12 +298,17 @@ def test_through_the_beam_stage(fake_server, api_key):
         "max_attempts": 2,
         "max_concurrency": 2,
     }
-    records = [_record(k, f"make the {k} row blue") for k in ("ok1", "ok2", "ok3", "refused", "down")]
+    records = [_record(k, f"make the {k} row blue", source) for k in ("ok1", "ok2", "ok3", "refused", "down")]
     with beam.Pipeline(runner="FnApiRunner") as p:
         out = (
             p
             | beam.Create(records)
-            | DesignRecords(lambda: make_provider(config), lambda r: f"dk-{r.id}", max_batch_size=2)
+            | DesignRecords(
+                lambda: make_provider(config),
+                lambda r: f"dk-{r.id}",
+                max_batch_size=2,
+                source_limits=SourceLimits(max_image_bytes=len(IMAGE)),
+            )
         )
         designed = out.designed | "D" >> beam.Map(
             lambda r: (r.id, r.designer, r.designer_attempts, r.tokens_in > 0)

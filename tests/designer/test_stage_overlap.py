@@ -13,6 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from transforms.designer.base import Design, DesignerProvider, DesignFailure, DesignRequest
 from transforms.designer.stage import DesignRecords
 from transforms.records import EditRecord, ManifestRow, RowRef
+from transforms.reread import SourceLimits
 
 # FnApiRunner runs the DoFn in this process, so module state can observe it.
 _STATE = {"active": 0, "peak": 0}
@@ -49,7 +50,13 @@ def test_batches_overlap_and_every_row_comes_out_once():
         out = (
             p
             | beam.Create(records)
-            | DesignRecords(Slow, lambda r: r.id, max_batch_size=4, max_pending_batches=4)
+            | DesignRecords(
+                Slow,
+                lambda r: r.id,
+                max_batch_size=4,
+                max_pending_batches=4,
+                source_limits=SourceLimits(max_image_bytes=1),
+            )
         )
         assert_that(
             out.designed | "D" >> beam.Map(lambda r: (r.id, r.blueprint)),

@@ -21,7 +21,9 @@ class DesignerSetupError(RuntimeError):
 class DesignRequest:
     key: str  # row id, for error messages
     instruction: str
-    image: bytes | None  # original encoded source bytes; None for text-to-image rows
+    # The source's original encoded bytes, read again for this call (transforms.reread); None for
+    # text-to-image rows, and for every row when the provider does not look at images (needs_image).
+    image: bytes | None
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class DesignerProvider(abc.ABC):
 
     #: Short name written to provenance ``designer`` (e.g. ``none``, ``openai:gpt-4o``).
     name: str
+
+    #: Whether ``design`` looks at the source image. Records carry no image bytes, so the design stage
+    #: reads each source again for a provider that does (a storage read per row); one that never looks
+    #: at pixels sets this False and gets ``image=None`` without any read.
+    needs_image: bool = True
 
     @abc.abstractmethod
     def config(self) -> dict[str, Any]:

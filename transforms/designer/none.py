@@ -10,6 +10,7 @@ from transforms.designer.base import Design, DesignerProvider, DesignFailure, De
 
 class PassThroughDesigner(DesignerProvider):
     name = "none"
+    needs_image = False  # the instruction is the blueprint: no pixels, so no source read at design
 
     def config(self) -> dict[str, Any]:
         return {"kind": "none"}

@@ -7,6 +7,12 @@ idle, ~76% of the limit). So each DoFn instance keeps up to ``max_pending_batche
 on a small thread pool and emits each batch's results (in order, in the batch's window) as soon as
 it is done, or at the end of the bundle. The provider's own limiter, shared by every call in the
 process, keeps the combined rate and concurrency within the limits whatever the overlap.
+
+Records carry no image bytes. For a provider that looks at images (``needs_image``), each batch's
+sources are read again on the pool thread that then calls the provider, through a ``SourceReader``
+with the job's limits, and checked against the fetched sha256 (``transforms.reread``); a row whose
+source cannot be read or changed fails at ``design`` and is not sent, the rest of its batch still is.
+So the bytes live only while their batch is in flight (at most ``max_pending_batches`` batches).
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.designer.base import Design, DesignerProvider, DesignRequest
+from transforms.designer.base import Design, DesignerProvider, DesignFailure, DesignRequest
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
+from transforms.reread import SourceLimits, reread_source
+from transforms.sources import SourceError, SourceReader
 
 FAILED = "failed"
+
+# What the pool hands back per row: the provider's answer, or the error of a row it never saw.
+_Outcome = Design | DesignFailure | str
 
 
 class _DesignBatches(beam.DoFn):
@@ -30,12 +41,15 @@ class _DesignBatches(beam.DoFn):
         self,
         make_provider: Callable[[], DesignerProvider],
         design_key: Callable[[EditRecord], str],
+        source_limits: SourceLimits,
         max_pending_batches: int = 4,
     ):
         self._make_provider = make_provider
         self._design_key = design_key
+        self._source_limits = source_limits
         self._max_pending = max(1, max_pending_batches)
         self._provider: DesignerProvider | None = None
+        self._reader: SourceReader | None = None  # only for a provider that looks at images
         self._pool: ThreadPoolExecutor | None = None
         self._pending: deque[tuple[Future, list[EditRecord], Any, Any]] = deque()
         self._calls = beam.metrics.Metrics.counter("dimflow", "designer_rows")
@@ -43,6 +57,7 @@ class _DesignBatches(beam.DoFn):
     def setup(self) -> None:
         self._provider = self._make_provider()
         self._provider.setup()
+        self._reader = self._source_limits.reader() if self._provider.needs_image else None
         self._pool = ThreadPoolExecutor(max_workers=self._max_pending, thread_name_prefix="design-batch")
 
     def teardown(self) -> None:
@@ -57,15 +72,44 @@ class _DesignBatches(beam.DoFn):
     def process(
         self, batch: list[EditRecord], window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam
     ) -> Iterable:
-        assert self._provider is not None and self._pool is not None
-        requests = [DesignRequest(r.id, r.row.instruction, r.source_bytes) for r in batch]
-        self._pending.append((self._pool.submit(self._provider.design, requests), batch, window, timestamp))
+        assert self._pool is not None
+        self._pending.append((self._pool.submit(self._design, batch), batch, window, timestamp))
         while self._pending and (self._pending[0][0].done() or len(self._pending) > self._max_pending):
             yield from self._emit(*self._pending.popleft())
 
     def finish_bundle(self) -> Iterable:
         while self._pending:
             yield from self._emit(*self._pending.popleft())
+
+    def _design(self, batch: list[EditRecord]) -> list[_Outcome]:
+        """Runs on the pool: read the batch's sources again (when the provider looks at images), then send
+        the rows that could be read to the provider. One outcome per row, in order; raises only when the
+        provider breaks its contract (a result count that does not match)."""
+        assert self._provider is not None
+        outcomes: dict[int, _Outcome] = {}
+        requests: list[DesignRequest] = []
+        sent: list[int] = []  # the batch positions of ``requests``
+        for index, record in enumerate(batch):
+            image = None
+            if self._reader is not None:
+                try:
+                    image = reread_source(self._reader, record, STAGE_DESIGN)
+                except SourceError as exc:
+                    outcomes[index] = str(exc)
+                    continue
+            requests.append(DesignRequest(record.id, record.row.instruction, image))
+            sent.append(index)
+        if requests:
+            try:
+                results: list[_Outcome] = list(self._provider.design(requests))
+            except Exception as exc:  # a provider bug must not take the run down: fail the rows it was sent
+                results = [f"designer {self._provider.name} raised {type(exc).__name__}: {exc}"] * len(sent)
+            if len(results) != len(requests):
+                raise RuntimeError(
+                    f"designer {self._provider.name} returned {len(results)} results for {len(requests)}"
+                )
+            outcomes.update(zip(sent, results, strict=True))
+        return [outcomes[index] for index in range(len(batch))]
 
     def _emit(self, future: Future, batch: list[EditRecord], window: Any, timestamp: Any) -> Iterator:
         """The batch's outputs as windowed values (they may leave after later elements came in)."""
@@ -77,20 +121,12 @@ class _DesignBatches(beam.DoFn):
 
     def _outputs(self, future: Future, batch: list[EditRecord]) -> Iterator:
         assert self._provider is not None
-        try:
-            results = future.result()
-        except Exception as exc:  # a provider bug must not take the run down: fail the batch's rows
-            message = f"designer {self._provider.name} raised {type(exc).__name__}: {exc}"
-            for record in batch:
-                yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_DESIGN, message))
-            return
-        if len(results) != len(batch):
-            raise RuntimeError(
-                f"designer {self._provider.name} returned {len(results)} results for {len(batch)}"
-            )
-        self._calls.inc(len(batch))
+        results = future.result()  # per-row problems are outcomes; this raises only on a broken contract
+        self._calls.inc(sum(isinstance(result, (Design, DesignFailure)) for result in results))
         for record, result in zip(batch, results, strict=True):
-            if isinstance(result, Design):
+            if isinstance(result, str):  # never sent: its source could not be read again, or the call raised
+                yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_DESIGN, result))
+            elif isinstance(result, Design):
                 yield record.evolve(
                     blueprint=result.blueprint,
                     designer=self._provider.name,
@@ -116,7 +152,8 @@ class DesignRecords(beam.PTransform):
     """Records in; main output: records with blueprints; tagged ``failed``: ``Failure``s.
 
     ``max_batch_size`` rows go to one ``design`` call; up to ``max_pending_batches`` calls overlap per
-    DoFn instance (see the module docstring).
+    DoFn instance (see the module docstring). ``source_limits`` bound the reads of sources for a provider
+    that looks at images (the fetch stage's limits).
     """
 
     def __init__(
@@ -125,10 +162,13 @@ class DesignRecords(beam.PTransform):
         design_key: Callable[[EditRecord], str],
         max_batch_size: int = 16,
         max_pending_batches: int = 4,
+        *,
+        source_limits: SourceLimits,
     ):
         super().__init__()
         self._make_provider = make_provider
         self._design_key = design_key
+        self._source_limits = source_limits
         self._max_batch_size = max_batch_size
         self._max_pending_batches = max_pending_batches
 
@@ -141,6 +181,8 @@ class DesignRecords(beam.PTransform):
             >> beam.BatchElements(min_batch_size=self._max_batch_size, max_batch_size=self._max_batch_size)
             | "Design"
             >> beam.ParDo(
-                _DesignBatches(self._make_provider, self._design_key, self._max_pending_batches)
+                _DesignBatches(
+                    self._make_provider, self._design_key, self._source_limits, self._max_pending_batches
+                )
             ).with_outputs(FAILED, main="designed")
         )
