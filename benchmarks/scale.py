@@ -11,6 +11,7 @@ reads the child's peak RSS from ``os.wait4``:
 
     .venv/bin/python benchmarks/scale.py                  # N=300, D=20,000 (about 8 minutes on 2 cores)
     .venv/bin/python benchmarks/scale.py --rows 120 --design-rows 2000   # quicker
+    .venv/bin/python benchmarks/scale.py --validate-rows 100000          # also validate at 10^5 and 10^6 rows
 
 Last line: ``RESULT mem_ratio_paint=<peak(10N)/peak(N)> mem_ratio_design=<peak(10D)/peak(D)>
 rows_per_s_design=<at 10·D>``; memory that does not grow with the manifest gives ratios near 1.
@@ -113,10 +114,42 @@ def measure(root: Path, name: str, rows: int, stage: str, extra: list[str]) -> d
     return result
 
 
+def measure_validate(root: Path, rows: int) -> float:
+    """Peak RSS (GB) of `dimflow validate` over a manifest of ``rows`` rows (every id unique but one)."""
+    folder = root / f"validate-{rows}"
+    folder.mkdir(parents=True)
+    with open(folder / "manifest.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(rows):
+            handle.write(
+                json.dumps({"id": f"sku-{i:09d}", "instruction": "make the background white"}) + "\n"
+            )
+        handle.write(
+            json.dumps({"id": "sku-000000000", "instruction": "a duplicate of the first row"}) + "\n"
+        )
+    argv = [sys.executable, "-m", "pipeline.cli", "validate", str(folder / "manifest.jsonl"), "--show", "5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.monotonic()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    assert process.stderr is not None
+    err = process.stderr.read().decode("utf-8", "replace")
+    _pid, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 2 or "1 with problems" not in err:  # the duplicate, found
+        raise SystemExit(f"validate of {rows} rows: unexpected outcome\n{err[-2000:]}")
+    peak = usage.ru_maxrss / 1024**2
+    print(f"validate-{rows}: peak RSS {peak:.2f} GB, wall {time.monotonic() - started:.1f} s", flush=True)
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=300, help="N: the full job runs at N and 10·N rows")
     parser.add_argument("--design-rows", type=int, default=20_000, help="D: design stage at D and 10·D rows")
+    parser.add_argument(
+        "--validate-rows",
+        type=int,
+        default=0,
+        help="V: also `dimflow validate` at V and 10·V rows (duplicate-id detection's memory); 0: skip",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated jobs (printed path)")
     parser.add_argument("beam_args", nargs="*", help="extra arguments for `dimflow run` (after --)")
     args = parser.parse_args()
@@ -127,6 +160,11 @@ def main() -> None:
             measure(root, f"design-{n}", n, "design", args.beam_args)
             for n in (args.design_rows, 10 * args.design_rows)
         ]
+        validate = (
+            [measure_validate(root, n) for n in (args.validate_rows, 10 * args.validate_rows)]
+            if args.validate_rows
+            else []
+        )
     finally:
         if args.keep:
             print(f"jobs kept in {root}")
@@ -135,10 +173,11 @@ def main() -> None:
     mem_paint = paint[1]["peak_gb"] / paint[0]["peak_gb"]
     mem_design = design[1]["peak_gb"] / design[0]["peak_gb"]
     rows_per_s = 10 * args.design_rows / design[1]["record"]["elapsed_s"]
+    validated = f" mem_ratio_validate={validate[1] / validate[0]:.2f}" if validate else ""
     print(
         f"RESULT mem_ratio_paint={mem_paint:.2f} mem_ratio_design={mem_design:.2f} "
         f"rows_per_s_design={rows_per_s:.0f} peak_gb_paint={paint[1]['peak_gb']:.2f} "
-        f"peak_gb_design={design[1]['peak_gb']:.2f}"
+        f"peak_gb_design={design[1]['peak_gb']:.2f}{validated}"
     )
 
 

@@ -228,7 +228,7 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
     try:
         manifest, limits, job_check = _validate_inputs(args)
         check_manifest(manifest, limits.manifest_limits(), limits.fetch_timeout_s)  # bounded, on storage
-        report = validate_manifest(manifest, limits.manifest_limits(), job_check)
+        report = validate_manifest(manifest, limits.manifest_limits(), job_check, max_problems=args.show)
     except (ValueError, FileNotFoundError, OSError) as exc:
         console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
@@ -242,8 +242,8 @@ def _cmd_validate(args: argparse.Namespace, console: Console) -> int:
         for problem in report.problems[: args.show]:
             table.add_row(text(problem.ref), text(problem.id), text(problem.field), text(problem.message))
         console.print(table)
-        if len(report.problems) > args.show:
-            console.print(text(f"... and {len(report.problems) - args.show} more"))
+        if report.problem_count > len(report.problems):
+            console.print(text(f"... and {report.problem_count - len(report.problems)} more"))
     return EXIT_OK if report.failed == 0 else EXIT_BAD_INPUT
 
 

@@ -21,10 +21,12 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import DirectOptions
 
 from pipeline.spec import JobSpec
 from transforms import images, manifest, schema
 from transforms.blueprints import JournalDesigns, LookupBlueprints, blueprint_row
+from transforms.chunks import Chunk, ReadChunk
 from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.history import HistoryIndex
@@ -324,7 +326,7 @@ def build(
     shard: Shard | None = None,
     provenance_files: list[str] | None = None,
     attempt: str,
-    rows: beam.PTransform | None = None,
+    chunk: Chunk | None = None,
     part: str | None = None,
     history: HistoryIndex | None = None,
 ) -> None:
@@ -337,22 +339,26 @@ def build(
     earlier runs' provenance, which an incremental run joins on render key to skip rendered rows.
     ``attempt`` (``tables.new_attempt()``) tags this write's part files, so a rerun of the same run id
     and shard replaces its earlier rows instead of adding to them (see transforms/tables.py).
-    ``rows`` replaces reading the manifest (a chunk of it: ``transforms.chunks.ReadChunk``, already
-    limited to the shard's rows) and ``part`` names the part files (default: ``part_name(shard)``).
+    ``chunk`` (a planned window of the shard's rows, duplicate ids already marked over the whole manifest:
+    ``transforms.chunks``) replaces reading the manifest, and ``part`` names the part files (default:
+    ``part_name(shard)``).
     ``history`` (embedded runners) answers the earlier-runs lookups from a local index instead of
     joining ``blueprint_files`` / ``provenance_files`` in the pipeline.
     """
     limits = spec.limits
     context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
     manifest_limits = limits.manifest_limits()
-    if rows is not None:
-        raw = pipeline | "ReadRows" >> rows
+    if chunk is not None:
+        workers = pipeline.options.view_as(DirectOptions).direct_num_workers
+        raw = pipeline | "ReadChunk" >> ReadChunk(chunk, spread=workers != 1)
     else:
         raw = pipeline | "ReadManifest" >> manifest.ReadManifest(spec.manifest, manifest_limits)
         if shard is not None:
             raw = raw | "KeepShard" >> beam.Filter(shard.owns)
     part = part or part_name(shard)
-    validated = raw | "ValidateRows" >> manifest.ValidateRows(manifest_limits)
+    validated = raw | "ValidateRows" >> manifest.ValidateRows(
+        manifest_limits, duplicates_marked=chunk is not None
+    )
     moded = validated.valid | "CheckJobRow" >> beam.FlatMap(
         check_job_row, spec.painter.checkpoints(), spec.output
     ).with_outputs(FAILED, main="ok")

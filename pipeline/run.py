@@ -34,7 +34,7 @@ from pipeline.progress import LiveProgress, ProgressListener, ReportProgress
 from pipeline.spec import JobSpec
 from pipeline.terminal import printable, text
 from transforms.blueprints import blueprint_files
-from transforms.chunks import ReadChunk, empty_chunk, plan_chunks
+from transforms.chunks import empty_chunk, plan_chunks
 from transforms.designer.registry import make_provider
 from transforms.history import build_history_index
 from transforms.incremental import provenance_files
@@ -446,7 +446,7 @@ def _run_chunks(
         for chunk in chunks:
             part = edit.part_name(shard, chunk=chunk.index, chunk_rows=plan.size)
             pipeline = beam.Pipeline(options=options)
-            build(pipeline, progress=progress, rows=ReadChunk(chunk), part=part)
+            build(pipeline, progress=progress, chunk=chunk, part=part)
             pipeline.run().wait_until_finish()
             parts.append(part)
     return parts

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline.run import read_provenance, run_job
 from pipeline.spec import load_spec
-from transforms import chunks as chunks_module
+from transforms import duplicates
 from transforms.chunks import _ReadSpill, plan_chunks
 from transforms.manifest import ManifestLimits, row_outcomes
 from transforms.shards import Shard
@@ -99,7 +99,7 @@ def test_a_plan_spills_every_row_in_order_and_marks_later_duplicates(tmp_path):
 
 def test_hash_collisions_never_fail_a_row(tmp_path, monkeypatch):
     _job(tmp_path)
-    monkeypatch.setattr(chunks_module, "_id_hash", lambda row_id: 42)  # every id collides
+    monkeypatch.setattr(duplicates, "id_hash", lambda row_id: 42)  # every id collides
     (tmp_path / "spill").mkdir()
     plan = plan_chunks(
         str(tmp_path / "manifest.jsonl"), ManifestLimits(), chunk_rows=CHUNK, folder=str(tmp_path / "spill")

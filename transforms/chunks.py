@@ -7,27 +7,24 @@ local disk; the run then executes one pipeline per chunk (``ReadChunk`` is its s
 depends on ``chunk_rows`` and the batch sizes, not on the manifest.
 
 Duplicate ids are decided over the whole manifest while planning, as ``ValidateRows`` decides them in one
-pipeline (the first occurrence wins): the planner keeps 16 bytes per row, a 64-bit hash of each row's id (as
-validation reads it) and the row's position; rows whose hashes meet are compared by their real ids in a
-second look at just those rows, so a hash collision never fails a row. Each later occurrence is marked
-(``RawRow.first_ref``) when its chunk is read back, and ``ValidateRows`` fails it with the usual
+pipeline (the first occurrence wins), in 16 bytes per row (``transforms.duplicates``; the second look at
+rows whose id hashes meet reads just those rows back from the spill files). Each later occurrence is
+marked (``RawRow.first_ref``) when its chunk is read back, and ``ValidateRows`` fails it with the usual
 "duplicate id 'X' (first at FILE row N)".
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pickle
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
+from transforms.duplicates import DuplicateIds
 from transforms.manifest import ManifestLimits, RawRow, check_row, match_manifest, parse_file
 from transforms.manifest_stream import open_raw
 from transforms.records import RowRef
@@ -60,10 +57,6 @@ def empty_chunk(folder: str) -> Chunk:
     return Chunk(0, path, 0, 0)
 
 
-def _id_hash(row_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 def plan_chunks(
     pattern: str,
     limits: ManifestLimits,
@@ -75,7 +68,7 @@ def plan_chunks(
     """Spill the rows of ``pattern`` (those ``owns`` keeps: a shard's) into chunks under ``folder``."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    hashes, positions = array("Q"), array("q")
+    duplicates = DuplicateIds()
     chunks: list[Chunk] = []
     writer = None
     position = 0
@@ -96,15 +89,13 @@ def plan_chunks(
                     pickle.dump(raw, writer, protocol=pickle.HIGHEST_PROTOCOL)
                     row_id = check_row(raw, limits=limits).id
                     if row_id is not None:
-                        hashes.append(_id_hash(row_id))
-                        positions.append(position)
+                        duplicates.add(position, row_id)
                     position += 1
     finally:
         if writer is not None:
             writer.close()
     chunks = [dataclasses.replace(c, rows=min(chunk_rows, position - c.first)) for c in chunks]
-    marks = _duplicates(hashes, positions, chunks, chunk_rows, limits)
-    del hashes, positions
+    marks = _marks(duplicates, chunks, chunk_rows, limits)
     for index, chunk_marks in marks.items():
         with open(os.path.join(folder, _MARKS.format(index=index)), "wb") as handle:
             pickle.dump(chunk_marks, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -117,33 +108,17 @@ def plan_chunks(
     )
 
 
-def _duplicates(
-    hashes: array, positions: array, chunks: list[Chunk], chunk_rows: int, limits: ManifestLimits
+def _marks(
+    duplicates: DuplicateIds, chunks: list[Chunk], chunk_rows: int, limits: ManifestLimits
 ) -> dict[int, dict[int, RowRef]]:
     """chunk index -> {row offset in the chunk: the RowRef of the id's first occurrence}."""
-    if not hashes:
-        return {}
-    keys = np.frombuffer(hashes, dtype=np.uint64)
-    where = np.frombuffer(positions, dtype=np.int64)
-    order = np.lexsort((where, keys))
-    sorted_keys = keys[order]
-    shared = np.zeros(len(order), dtype=bool)  # rows whose hash another row has too
-    same = sorted_keys[1:] == sorted_keys[:-1]
-    shared[1:] |= same
-    shared[:-1] |= same
-    candidates = sorted(int(p) for p in where[order[shared]])
-    if not candidates:
-        return {}
-    # A second look at just those rows: their real ids (hashes only say who might share one).
-    first_seen: dict[str, RowRef] = {}
     marks: dict[int, dict[int, RowRef]] = {}
-    for position, raw in _rows_at(candidates, chunks, chunk_rows):
+    for position, raw in _rows_at(duplicates.candidates(), chunks, chunk_rows):
         row_id = check_row(raw, limits=limits).id
         assert row_id is not None
-        if row_id in first_seen:
-            marks.setdefault(position // chunk_rows, {})[position % chunk_rows] = first_seen[row_id]
-        else:
-            first_seen[row_id] = raw.ref
+        first = duplicates.first_of(row_id, raw.ref)
+        if first is not None:
+            marks.setdefault(position // chunk_rows, {})[position % chunk_rows] = first
     return marks
 
 
@@ -191,14 +166,13 @@ class ReadChunk(beam.PTransform):
     Reads a local spill file: for the embedded runner, whose workers share the planner's disk.
     """
 
-    def __init__(self, chunk: Chunk):
+    def __init__(self, chunk: Chunk, *, spread: bool = True):
+        """``spread``: reshuffle the rows so several workers share them (one file is one element: without
+        it, one worker would take the whole chunk); one worker gains nothing from it."""
         super().__init__()
         self._path = chunk.path
+        self._spread = spread
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "Spill" >> beam.Create([self._path])
-            | "Rows" >> beam.ParDo(_ReadSpill())
-            | "Spread" >> beam.Reshuffle()
-        )
+        rows = pbegin | "Spill" >> beam.Create([self._path]) | "Rows" >> beam.ParDo(_ReadSpill())
+        return rows | "Spread" >> beam.Reshuffle() if self._spread else rows

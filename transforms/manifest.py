@@ -49,6 +49,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.duplicates import DuplicateIds
 from transforms.manifest_parse import (
     FORMATS,
     KNOWN_COLUMNS,
@@ -129,7 +130,8 @@ class ValidationReport:
     rows: int = 0
     valid: int = 0
     failed: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # the first ``max_problems`` of them
+    problem_count: int = 0  # all of them
     ignored_columns: dict[str, list[str]] = field(default_factory=dict)  # file -> unknown columns
 
 
@@ -578,6 +580,11 @@ class _Check(beam.DoFn):
             yield checked.failure()
 
 
+def _first_wins_alone(item: tuple[str, RowCheck]) -> Iterator[ManifestRow | Failure]:
+    row_id, checked = item
+    yield from first_wins(row_id, [checked])
+
+
 def _first_wins(item: tuple[str, Iterable[RowCheck]]) -> Iterator[ManifestRow | Failure]:
     row_id, checks = item
     yield from first_wins(row_id, checks)
@@ -600,20 +607,26 @@ class ValidateRows(beam.PTransform):
     violations at ``validate``.
     """
 
-    def __init__(self, limits: ManifestLimits | None = None):
-        """``limits``: instruction length, nesting, and (``source_roots``) where sources may lie."""
+    def __init__(self, limits: ManifestLimits | None = None, *, duplicates_marked: bool = False):
+        """``limits``: instruction length, nesting, and (``source_roots``) where sources may lie.
+        ``duplicates_marked``: the rows come from a chunk plan that already marked every later occurrence
+        of an id over the whole manifest (``RawRow.first_ref``), so no grouping by id is needed."""
         super().__init__()
         self._limits = limits or ManifestLimits()
+        self._duplicates_marked = duplicates_marked
 
     def expand(self, raw_rows: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         checked = raw_rows | "Check" >> beam.ParDo(_Check(self._limits)).with_outputs(
             _Check.KEYED, main="unkeyed"
         )
-        resolved = (
-            checked[_Check.KEYED]
-            | "GroupById" >> beam.GroupByKey()
-            | "FirstWins" >> beam.FlatMap(_first_wins)
-        )
+        if self._duplicates_marked:  # every id left is unique: its row keeps its own outcome
+            resolved = checked[_Check.KEYED] | "Unique" >> beam.FlatMap(_first_wins_alone)
+        else:
+            resolved = (
+                checked[_Check.KEYED]
+                | "GroupById" >> beam.GroupByKey()
+                | "FirstWins" >> beam.FlatMap(_first_wins)
+            )
         return (
             (checked.unkeyed, resolved)
             | "Join" >> beam.Flatten()
@@ -654,36 +667,53 @@ def row_outcomes(
     yield from _outcomes(match_manifest(pattern, limits), limits, {}, job_check)
 
 
+def _rows(files: list[str], limits: ManifestLimits) -> Iterator[RawRow]:
+    for path in files:
+        with open_raw(path) as handle:
+            yield from parse_file(path, handle, limits)
+
+
 def _outcomes(
     files: list[str], limits: ManifestLimits, ignored: dict[str, set[str]], job_check: JobCheck | None = None
 ) -> Iterator[RowOutcome]:
     """Files are read in sorted order and rows in order, so the first row seen with an id is the one
-    ``first_wins`` keeps in the pipeline; ``ignored`` collects each file's unknown columns."""
-    first: dict[str, RowRef] = {}
-    for path in files:
-        with open_raw(path) as handle:
-            for raw in parse_file(path, handle, limits):
-                if raw.data is not None and (extra := unknown_columns(raw.data)):
-                    ignored.setdefault(path, set()).update(extra)
-                checked = check_row(raw, limits=limits)
-                problems = checked.problems
-                if checked.id is not None:
-                    if checked.id in first:
-                        problems = (*problems, duplicate_problem(checked.id, raw.ref, first[checked.id]))
-                    else:
-                        first[checked.id] = raw.ref
-                if not problems and job_check is not None and checked.row is not None:
-                    problems = tuple(p for p in (job_check(checked.row),) if p is not None)
-                row_id = checked.id if checked.id is not None else (problems[0].id if problems else None)
-                yield RowOutcome(raw.ref, row_id, problems)
+    ``first_wins`` keeps in the pipeline; ``ignored`` collects each file's unknown columns.
+
+    Two passes, so duplicate ids cost 16 bytes per row (``transforms.duplicates``), not a dict of every id:
+    the first records id hashes, the second checks rows and compares real ids where hashes meet."""
+    duplicates = DuplicateIds()
+    for position, raw in enumerate(_rows(files, limits)):
+        row_id = check_row(raw, limits=limits).id
+        if row_id is not None:
+            duplicates.add(position, row_id)
+    candidates = iter(duplicates.candidates())
+    candidate = next(candidates, None)
+    for position, raw in enumerate(_rows(files, limits)):
+        if raw.data is not None and (extra := unknown_columns(raw.data)):
+            ignored.setdefault(raw.ref.file, set()).update(extra)
+        checked = check_row(raw, limits=limits)
+        problems = checked.problems
+        if position == candidate:
+            candidate = next(candidates, None)
+            if checked.id is not None and (first := duplicates.first_of(checked.id, raw.ref)) is not None:
+                problems = (*problems, duplicate_problem(checked.id, raw.ref, first))
+        if not problems and job_check is not None and checked.row is not None:
+            problems = tuple(p for p in (job_check(checked.row),) if p is not None)
+        row_id = checked.id if checked.id is not None else (problems[0].id if problems else None)
+        yield RowOutcome(raw.ref, row_id, problems)
 
 
 def validate_manifest(
-    pattern: str, limits: ManifestLimits | None = None, job_check: JobCheck | None = None
+    pattern: str,
+    limits: ManifestLimits | None = None,
+    job_check: JobCheck | None = None,
+    max_problems: int | None = None,
 ) -> ValidationReport:
-    """Check a whole manifest without Beam (as ``row_outcomes``): counts, every problem, ignored columns.
+    """Check a whole manifest without Beam (as ``row_outcomes``): counts, problems, ignored columns.
 
-    Raises FileNotFoundError (no match) or ValueError (a refused file) before reading any row.
+    ``max_problems`` keeps only the first problems (the counts stay exact): a manifest of 10^7 bad rows
+    must not need them all in memory to say how many there are. Raises FileNotFoundError (no match) or
+    ValueError (a refused file) before reading any row.
     """
     limits = limits or ManifestLimits()
     report = ValidationReport(files=match_manifest(pattern, limits))
@@ -692,7 +722,9 @@ def validate_manifest(
         report.rows += 1
         if outcome.problems:
             report.failed += 1
-            report.problems.extend(outcome.problems)
+            report.problem_count += len(outcome.problems)
+            room = len(outcome.problems) if max_problems is None else max_problems - len(report.problems)
+            report.problems.extend(outcome.problems[: max(room, 0)])
         else:
             report.valid += 1
     report.ignored_columns = {path: sorted(names) for path, names in ignored.items()}

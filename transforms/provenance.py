@@ -7,6 +7,7 @@ failed rows carry ``status="failed"``, the stage and the error, never a placehol
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import socket
@@ -33,8 +34,14 @@ def _timestamp(epoch: float | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
 
 
+@functools.cache
+def _worker_name(pid: int) -> str:
+    return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{pid}"
+
+
 def worker_name() -> str:
-    return os.environ.get("HOSTNAME") or f"{socket.gethostname()}:{os.getpid()}"
+    """The pod (HOSTNAME) or host:pid that wrote a row; asked once per process, not per row."""
+    return _worker_name(os.getpid())
 
 
 # Columns whose text comes from outside dimflow (the manifest, a server's reply, an exception): the ones
