@@ -133,8 +133,12 @@ def apply_entry(
     key: str, records: list[EditRecord], entry: dict[str, Any] | None, required: bool, output: str
 ) -> Iterable:
     """``records`` of one design key with the blueprint of ``entry`` (the key's ``_pick``ed table row) or,
-    when it has none, of the journal; else tagged ``missing`` (a Failure when ``required``)."""
-    if records and not (entry is not None and entry.get("status") == "ok"):
+    when it has none, of the journal; else tagged ``missing`` (a Failure when ``required``). An ``ok``
+    entry with a blank blueprint is no blueprint: it is never reused."""
+    usable = (
+        entry is not None and entry.get("status") == "ok" and bool((entry.get("blueprint") or "").strip())
+    )
+    if records and not usable:
         journal = read_journal(output, key)  # made by a run that did not finish
         if journal is not None:
             for record in records:
@@ -143,14 +147,14 @@ def apply_entry(
                 )
             return
     for record in records:
-        if entry is not None and entry.get("status") == "ok":
+        if usable:
+            assert entry is not None
             yield _reuse(record, entry["blueprint"], entry["designer"], entry["run_id"])
         elif not required:
             yield beam.pvalue.TaggedOutput(MISSING, record)
         elif entry is not None:
-            message = (
-                f"no blueprint: the designer failed for this row in run {entry['run_id']}: {entry['error']}"
-            )
+            reason = entry.get("error") or "it recorded an empty blueprint"
+            message = f"no blueprint: the designer failed for this row in run {entry['run_id']}: {reason}"
             yield beam.pvalue.TaggedOutput(MISSING, Failure(record, STAGE_DESIGN, message))
         else:
             message = (
