@@ -84,22 +84,26 @@ def write_job(folder: Path, rows: int, stage: str) -> Path:
     return folder / "job.yaml"
 
 
-def run(spec: Path, extra: list[str]) -> dict:
-    """Run the job in a child process; its peak RSS (GB), wall time and the run record."""
-    argv = [sys.executable, "-m", "pipeline.cli", "run", str(spec), "--no-progress", *extra]
+def dimflow(*args: str) -> tuple[int, str, float, float]:
+    """Run `dimflow ARGS` in a child process: (exit code, stderr, its peak RSS in GB, wall seconds)."""
+    argv = [sys.executable, "-m", "pipeline.cli", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     started = time.monotonic()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
     assert process.stderr is not None
     err = process.stderr.read().decode("utf-8", "replace")
     _pid, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - started
-    code = os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status), err, usage.ru_maxrss / 1024**2, time.monotonic() - started
+
+
+def run(spec: Path, extra: list[str]) -> dict:
+    """Run the job in a child process; its peak RSS (GB), wall time and the run record."""
+    code, err, peak, wall = dimflow("run", str(spec), "--no-progress", *extra)
     if code != 0:
         raise SystemExit(f"{spec}: exit {code}\n{err[-3000:]}")
     (record_path,) = (spec.parent / "out" / "runs").glob("*.json")
     record = json.loads(record_path.read_text())
-    return {"peak_gb": usage.ru_maxrss / 1024**2, "wall_s": wall, "record": record}
+    return {"peak_gb": peak, "wall_s": wall, "record": record}
 
 
 def measure(root: Path, name: str, rows: int, stage: str, extra: list[str]) -> dict:
@@ -126,17 +130,10 @@ def measure_validate(root: Path, rows: int) -> float:
         handle.write(
             json.dumps({"id": "sku-000000000", "instruction": "a duplicate of the first row"}) + "\n"
         )
-    argv = [sys.executable, "-m", "pipeline.cli", "validate", str(folder / "manifest.jsonl"), "--show", "5"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    started = time.monotonic()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    assert process.stderr is not None
-    err = process.stderr.read().decode("utf-8", "replace")
-    _pid, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 2 or "1 with problems" not in err:  # the duplicate, found
+    code, err, peak, wall = dimflow("validate", str(folder / "manifest.jsonl"), "--show", "5")
+    if code != 2 or "1 with problems" not in err:  # exactly the duplicate, found
         raise SystemExit(f"validate of {rows} rows: unexpected outcome\n{err[-2000:]}")
-    peak = usage.ru_maxrss / 1024**2
-    print(f"validate-{rows}: peak RSS {peak:.2f} GB, wall {time.monotonic() - started:.1f} s", flush=True)
+    print(f"validate-{rows}: peak RSS {peak:.2f} GB, wall {wall:.1f} s", flush=True)
     return peak
 
 
