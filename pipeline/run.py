@@ -294,7 +294,6 @@ def run_job(
     for name in written[spec.stage]:
         for part in parts:
             _remove_older_attempts(spec.output, name, run_id, part, attempt, console)
-    counts = summary.counts
     record = {
         "run_id": run_id,
         "name": spec.name,
@@ -302,7 +301,7 @@ def run_job(
         "beam_args": beam_args,
         "versions": json.loads(versions),
         "checkpoint_sha256": keys.checkpoint_sha256,
-        "counts": {status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
+        "counts": summary.counts,
         "stage": spec.stage,
         "shard": None if shard is None else {"index": shard.index, "count": shard.count},
         "rows": summary.rows,
