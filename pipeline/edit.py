@@ -32,7 +32,7 @@ from transforms.designer.stage import DesignRecords
 from transforms.history import HistoryIndex
 from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
-from transforms.painter.handler import PainterModelHandler
+from transforms.painter.handler import PainterModelHandler, PaintFailure
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import (
     STAGE_PAINT,
@@ -236,8 +236,9 @@ def paint_params(spec: JobSpec) -> PaintParams:
     )
 
 
-def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
-    """The RunInference handler for one mode's checkpoint, with the job's sampling settings."""
+def painter_handler(spec: JobSpec, mode: str, run_id: str = "") -> PainterModelHandler:
+    """The RunInference handler for one mode's checkpoint, with the job's sampling settings (``run_id``:
+    a batch size halved after an out-of-memory error holds for the rest of that run)."""
     painter = spec.painter
     return PainterModelHandler(
         checkpoint=painter.checkpoints()[mode],
@@ -249,6 +250,7 @@ def painter_handler(spec: JobSpec, mode: str) -> PainterModelHandler:
         noise_device=painter.noise_device,
         compile=painter.compile,
         vae_tile_pixels=painter.vae_tile_pixels,
+        run_id=run_id,
     )
 
 
@@ -288,7 +290,8 @@ def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
 
 
 class WriteImages(beam.DoFn):
-    """Encode each painted image and write it under ``images/{id}/{render_key[:16]}.{fmt}``.
+    """Encode each painted image and write it under ``images/{id}/{render_key[:16]}.{fmt}``; a row the painter
+    failed alone (``PaintFailure``) leaves as ``Failure(record, "paint", its error)``.
 
     Only the record leaves (with the painter's fields and the output's URI and sha256): the request's
     source bytes and the painted image stay behind, so what follows holds no pixels.
@@ -300,6 +303,12 @@ class WriteImages(beam.DoFn):
 
     def process(self, element: tuple[EditRecord, PredictionResult]) -> Iterable:
         record, result = element
+        if isinstance(result.inference, PaintFailure):  # the row failed when painted alone
+            failure: PaintFailure = result.inference
+            yield beam.pvalue.TaggedOutput(
+                FAILED, Failure(record.evolve(paint=dict(failure.fields)), STAGE_PAINT, failure.error)
+            )
+            return
         painting: Painting = result.inference
         record = record.evolve(paint=dict(painting.fields), paint_s=painting.paint_s)
         try:
@@ -312,6 +321,38 @@ class WriteImages(beam.DoFn):
         yield record.evolve(
             output_uri=uri, output_sha256=hashlib.sha256(data).hexdigest(), finished_at=time.time()
         )
+
+
+class PaintMode(beam.PTransform):
+    """One mode's records -> (written records, failures): ToPaintRequest re-reads each source,
+    RunInference paints, WriteImages writes the images.
+
+    These are one fused stage, so neither the source bytes nor the painted images leave it. Resource hints
+    (``runner.paint_*``) go on this whole transform, not on RunInference alone: Beam fuses only transforms
+    with the same hints, so hints on RunInference alone would put both on stage boundaries.
+    """
+
+    def __init__(self, handler: PainterModelHandler, limits: SourceLimits, output: str, fmt: str):
+        super().__init__()
+        self._handler = handler
+        self._limits = limits
+        self._output = output
+        self._fmt = fmt
+
+    def expand(self, records: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        requests = records | "ToPaintRequest" >> beam.ParDo(ToPaintRequest(self._limits)).with_outputs(
+            FAILED, main="ok"
+        )
+        painted, dlq = (
+            requests.ok
+            | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
+        written = painted | "WriteImages" >> beam.ParDo(WriteImages(self._output, self._fmt)).with_outputs(
+            FAILED, main="ok"
+        )
+        batch_failures = dlq.failed_inferences | "BatchFailures" >> beam.FlatMap(failed_paint_batch)
+        failures = (requests.failed, batch_failures, written.failed) | "Failures" >> beam.Flatten()
+        return written.ok, failures
 
 
 def build(
@@ -399,31 +440,21 @@ def build(
     by_mode = designed | "ByMode" >> beam.Partition(
         lambda record, _n: MODES.index(row_mode(record.row)), len(MODES)
     )
-    reread_limits = source_limits(spec)
     written_parts, paint_failed_parts = [], []
     for mode, records in zip(MODES, by_mode, strict=True):
         if mode not in checkpoints:
             continue  # check_job_row already failed these rows; this branch stays empty
-        requests = records | f"ToPaintRequest[{mode}]" >> beam.ParDo(
-            ToPaintRequest(reread_limits)
-        ).with_outputs(FAILED, main="ok")
-        painted_mode, dlq = (
-            requests.ok
-            | f"Paint[{mode}]"
-            >> RunInference(KeyedModelHandler(painter_handler(spec, mode))).with_exception_handling()
+        # Each mode writes its images inside PaintMode, before any Flatten: a Flatten is a stage boundary,
+        # where the embedded runner holds the whole PCollection in memory, and the painted elements hold
+        # the source's bytes and the painted image. Only small records and failures leave it.
+        paint = PaintMode(
+            painter_handler(spec, mode, run_id), source_limits(spec), spec.output, painter.output_format
         )
-        # Write this mode's images here, before any Flatten: a Flatten is a stage boundary, where the
-        # embedded runner holds the whole PCollection in memory, and the painted elements hold the
-        # source's bytes and the painted image. WriteImages lets only the small record through.
-        written = painted_mode | f"WriteImages[{mode}]" >> beam.ParDo(
-            WriteImages(spec.output, painter.output_format)
-        ).with_outputs(FAILED, main="ok")
-        written_parts.append(written.ok)
-        paint_failed_parts += [
-            requests.failed,
-            dlq.failed_inferences | f"PaintFailures[{mode}]" >> beam.FlatMap(failed_paint_batch),
-            written.failed,
-        ]
+        written, failed = records | f"Paint[{mode}]" >> paint.with_resource_hints(
+            **spec.runner.paint_resource_hints()
+        )
+        written_parts.append(written)
+        paint_failed_parts.append(failed)
 
     failures = (*early_failures, *design_failures, *paint_failed_parts) | "AllFailures" >> beam.Flatten()
     rows = (

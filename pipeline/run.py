@@ -38,7 +38,7 @@ from transforms.chunks import empty_chunk, plan_chunks
 from transforms.designer.registry import make_provider
 from transforms.history import build_history_index
 from transforms.incremental import provenance_files
-from transforms.painter.handler import checkpoint_fingerprint
+from transforms.painter.handler import checkpoint_fingerprint, replica_names, resolve_devices
 from transforms.provenance import versions_json
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.shards import Shard
@@ -54,6 +54,8 @@ from transforms.tables import (
 )
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner"}
+# The embedded runner's options that decide how many bundles run at once (and where).
+BUNDLE_OPTIONS = ("direct_running_mode", "direct_num_workers")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,41 @@ def pipeline_options(spec: JobSpec, beam_args: list[str]) -> PipelineOptions:
         else:
             args.append(f"--{key}={value}")
     return PipelineOptions(args + list(beam_args))
+
+
+def painter_thread_args(spec: JobSpec, beam_args: list[str], console: Console) -> list[str]:
+    """On the embedded runners, the Beam args that give each painter replica a bundle thread to feed it.
+
+    ``painter.device`` is resolved here, on the machine that runs the job (the pod that got the GPUs), so
+    a device that is not there refuses the job before any work. With N > 1 replicas the run uses Beam's
+    multi-threading mode with N workers: RunInference shares one loaded model (the N replicas) between
+    the bundle threads of a process, and each thread's paint calls take an idle replica (see
+    ``transforms.painter.handler``). Options the user set (``runner.options`` or ``-- beam args``) win.
+    Distributed runners place work themselves, and a design run paints nothing: no args.
+    """
+    if spec.runner.name not in LOCAL_RUNNERS or spec.stage == "design":
+        return []
+    try:
+        replicas = replica_names(resolve_devices(spec.painter.device))
+    except ValueError as exc:
+        raise PreflightError(f"painter.device: {exc}") from exc
+    if len(replicas) < 2:
+        return []
+    named = f"painter.device {spec.painter.device!r}: {len(replicas)} replicas ({', '.join(replicas)})"
+    given = [name for name in BUNDLE_OPTIONS if name in spec.runner.options or _names_arg(beam_args, name)]
+    if given:
+        console.print(
+            text(f"{named}; {' and '.join(given)} set by you decide how many bundles paint at once")
+        )
+        return []
+    args = ["--direct_running_mode=multi_threading", f"--direct_num_workers={len(replicas)}"]
+    console.print(text(f"{named}; one bundle thread each: {' '.join(args)}"))
+    return args
+
+
+def _names_arg(beam_args: list[str], name: str) -> bool:
+    """Is option ``name`` among the Beam args (``--name=value`` or ``--name value``)?"""
+    return any(arg.lstrip("-").split("=", 1)[0] == name for arg in beam_args if arg.startswith("--"))
 
 
 def job_keys(spec: JobSpec) -> edit.JobKeys:
@@ -233,7 +270,7 @@ def run_job(
     preflight.check_output(spec, run_id)
     preflight.check_designer(spec)
     keys = job_keys(spec)
-    options = pipeline_options(spec, beam_args)
+    options = pipeline_options(spec, painter_thread_args(spec, beam_args, console) + beam_args)
     local = spec.runner.name in LOCAL_RUNNERS and show_progress
     earlier_blueprints = blueprint_files(spec.output) if _reads_blueprints(spec) else []
     if spec.stage == "paint" and not earlier_blueprints:

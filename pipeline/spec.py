@@ -23,6 +23,7 @@ from transforms.manifest_stream import (
     NESTING_CEILING,
     ManifestLimits,
 )
+from transforms.painter.base import device_choice
 
 
 class SpecError(ValueError):
@@ -75,6 +76,9 @@ class PainterSpec(_Strict):
     seed: int = Field(233, ge=0, le=2**63 - 1)  # used for rows without their own seed
     batch_size: int = Field(1, ge=1, le=256)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # One painter replica per device: auto (every visible CUDA device, else the CPU), a count N (the first N
+    # visible CUDA devices), or a list such as "cuda:0,cuda:1" or [cuda:0, cuda:1] (a device may repeat:
+    # "cpu,cpu"). On the embedded runner N > 1 replicas get N bundle threads (pipeline/run.py).
     device: str = "auto"
     noise_device: Literal["cpu", "accelerator"] = "cpu"
     output_format: Literal["png", "jpg", "webp"] = "png"
@@ -85,12 +89,11 @@ class PainterSpec(_Strict):
     vae_tile_pixels: int | None = Field(1536 * 1536, ge=1)
     compile: bool = False  # torch.compile the DiT (see README: measure before turning it on)
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
-        return value
+    def _device(cls, value: object) -> str:
+        choice = device_choice(value)  # ValueError naming the syntax; a YAML integer is a count
+        return ",".join(choice) if isinstance(choice, tuple) else str(choice)
 
     @model_validator(mode="after")
     def _some_checkpoint(self) -> PainterSpec:
@@ -117,6 +120,53 @@ class RunnerSpec(_Strict):
     # manifest in chunks of this many rows, one pipeline after another (null: one pipeline for all rows).
     # Distributed runners stream between stages and ignore it.
     chunk_rows: int | None = Field(20_000, ge=1)
+    # Beam resource hints of the paint transforms (re-read, RunInference, image write), for runners that
+    # place steps by them (Dataflow's right fitting: GPU workers for painting only); null: no hint.
+    # e.g. "type:nvidia-l4;count:1;install-nvidia-driver" and "32GB". Other runners ignore them.
+    paint_accelerator: str | None = None
+    paint_min_ram: str | None = None
+
+    @field_validator("paint_accelerator")
+    @classmethod
+    def _accelerator(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = [part.strip() for part in value.split(";") if part.strip()]
+        keys = {part.partition(":")[0]: part.partition(":")[2] for part in parts}
+        count = keys.get("count", "")
+        if (
+            not keys.get("type")
+            or not count.isdigit()
+            or int(count) < 1
+            or "install-nvidia-driver" not in keys
+        ):
+            raise ValueError(
+                "must look like 'type:nvidia-l4;count:1;install-nvidia-driver' (a GPU type, a count >= 1, and "
+                "install-nvidia-driver: Dataflow installs the NVIDIA driver only when asked)"
+            )
+        return ";".join(parts)
+
+    @field_validator("paint_min_ram", mode="before")
+    @classmethod
+    def _min_ram(cls, value: object) -> object:
+        if value is None:
+            return value
+        from apache_beam.transforms.resources import parse_resource_hints
+
+        try:  # a bare number (YAML 32) has no unit: refused rather than read as bytes
+            (size,) = parse_resource_hints({"min_ram": value}).values() if isinstance(value, str) else (b"0",)
+        except (ValueError, OverflowError):  # Beam's own parser; "infGB" overflows its round()
+            size = b"0"
+        if int(size) < 1:
+            raise ValueError(
+                "must be a size such as 32GB or 30GiB (units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            )
+        return value
+
+    def paint_resource_hints(self) -> dict[str, str]:
+        """The hints set, as ``with_resource_hints`` takes them."""
+        hints = {"accelerator": self.paint_accelerator, "min_ram": self.paint_min_ram}
+        return {name: value for name, value in hints.items() if value is not None}
 
 
 class LimitsSpec(_Strict):

@@ -56,6 +56,47 @@ def test_overrides_parse_yaml_values(tmp_path):
         (BASE, ["painter.checkpoint=null"], "painter.checkpoint and painter.t2i_checkpoint are both empty"),
         (BASE, ["designer.kind=openai"], "designer.model is required"),
         (BASE, ["painter.device=tpu"], "painter.device"),
+        (BASE, ["painter.device=cuda:0,gpu:1"], "painter.device: Value error, painter device must be auto"),
+        (BASE, ["painter.device=cuda:0,gpu:1"], "('gpu:1' is not a device)"),
+        (BASE, ["painter.device=0"], "painter.device: Value error, painter device count must be at least 1"),
+        (
+            BASE,
+            ["painter.device=cpu,cuda:0"],
+            "painter.device: Value error, painter device must name devices of one",
+        ),
+        (BASE, ["painter.device=[cuda:0, 7]"], "painter.device"),
+        (BASE, ["painter.device=true"], "painter.device"),
+        (BASE, ["painter.device=cpu,,cpu"], "('' is not a device)"),
+        (
+            BASE,
+            ["runner.paint_accelerator=nvidia-l4"],
+            "runner.paint_accelerator: Value error, must look like",
+        ),
+        (
+            BASE,
+            ["runner.paint_accelerator=type:nvidia-l4;count:0;install-nvidia-driver"],
+            "runner.paint_accelerator",
+        ),
+        (
+            BASE,
+            ["runner.paint_accelerator=type:nvidia-l4;count:two;install-nvidia-driver"],
+            "runner.paint_accelerator",
+        ),
+        (BASE, ["runner.paint_accelerator=type:nvidia-l4;count:1"], "install-nvidia-driver"),
+        (BASE, ["runner.paint_accelerator=type:;count:1;install-nvidia-driver"], "runner.paint_accelerator"),
+        (
+            BASE,
+            ["runner.paint_min_ram=lots"],
+            "runner.paint_min_ram: Value error, must be a size such as 32GB",
+        ),
+        (BASE, ["runner.paint_min_ram=32"], "runner.paint_min_ram: Value error"),
+        (BASE, ["runner.paint_min_ram=-1GB"], "runner.paint_min_ram: Value error"),
+        (BASE, ["runner.paint_min_ram=infGB"], "runner.paint_min_ram: Value error"),
+        (BASE, ["runner.paint_min_ram=0.1B"], "runner.paint_min_ram: Value error"),
+        (BASE, ["runner.paint_min_ram=32XB"], "runner.paint_min_ram: Value error"),
+        (BASE, ["runner.paint_min_ram=32"], "(got 32)"),
+        (BASE, ["runner.paint_min_ram='32'"], "runner.paint_min_ram: Value error, must be a size"),
+        (BASE, ["runner.paint_gpu=1"], "runner.paint_gpu: unknown key"),
         (BASE, ["limits.fetch_timeout_s=0"], "limits.fetch_timeout_s: Input should be greater than 0"),
         (BASE, ["limits.storage_errors_before_fail_fast=0"], "limits.storage_errors_before_fail_fast"),
         (BASE, ["limits.storage_cooldown_s=-1"], "limits.storage_cooldown_s: Input should be greater than 0"),
@@ -95,3 +136,32 @@ def test_checkpoints_per_mode(tmp_path):
     assert spec.painter.checkpoints() == {"edit": "tiny", "t2i": str(tmp_path / "ckpt-t2i")}
     only_t2i = load_spec(write(tmp_path, BASE), ["painter.checkpoint=null", "painter.t2i_checkpoint=tiny"])
     assert only_t2i.painter.checkpoints() == {"t2i": "tiny"}
+
+
+@pytest.mark.parametrize(
+    ("override", "device"),
+    [
+        ("painter.device=auto", "auto"),
+        ("painter.device=2", "2"),
+        ("painter.device= cuda:0 , cuda:1 ", "cuda:0,cuda:1"),
+        ("painter.device=[cuda:0, cuda:1]", "cuda:0,cuda:1"),
+        ("painter.device=cpu,cpu", "cpu,cpu"),
+    ],
+)
+def test_painter_device_forms(tmp_path, override, device):
+    assert load_spec(write(tmp_path, BASE), [override]).painter.device == device
+
+
+def test_paint_resource_hints(tmp_path):
+    spec = load_spec(
+        write(tmp_path, BASE),
+        [
+            "runner.paint_accelerator=type:nvidia-l4; count:2; install-nvidia-driver",
+            "runner.paint_min_ram=30 GiB",
+        ],
+    )
+    assert spec.runner.paint_resource_hints() == {
+        "accelerator": "type:nvidia-l4;count:2;install-nvidia-driver",
+        "min_ram": "30 GiB",
+    }
+    assert load_spec(write(tmp_path, BASE)).runner.paint_resource_hints() == {}

@@ -8,6 +8,7 @@ builds ``PaintRequest`` values and reads ``Painting`` values; the painter behind
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -25,6 +26,13 @@ NOISE_DEVICES = ("cpu", "accelerator")
 DEFAULT_VAE_TILE_PIXELS = 1536 * 1536
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+# ``painter.device``: where the painter replicas load, one per device named (see ``device_choice``).
+DEVICE_SYNTAX = (
+    "auto (every visible CUDA device, else the CPU), a count N (the first N visible CUDA devices), or a "
+    "comma-separated or YAML list of cpu, cuda, cuda:N or mps, all of one kind (one painter replica each; "
+    "a device may repeat)"
+)
+_ONE_DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,39 @@ class Painter(Protocol):
     checkpoint_sha256: str
 
     def paint(self, requests: Sequence[PaintRequest], params: PaintParams) -> list[Painting]: ...
+
+
+def device_choice(setting: object) -> str | int | tuple[str, ...]:
+    """``painter.device`` -> ``"auto"``, a count of CUDA devices, or the devices to load one replica on each.
+
+    Only the syntax is checked here (no torch): whether the devices exist is known where the model loads.
+    """
+    if isinstance(setting, int) and not isinstance(setting, bool):
+        text = str(setting)
+    elif isinstance(setting, str):
+        text = re.sub(r"\s+", "", setting)
+    elif isinstance(setting, list | tuple) and setting and all(isinstance(item, str) for item in setting):
+        text = re.sub(r"\s+", "", ",".join(setting))  # a YAML list of devices
+    else:
+        raise ValueError(f"painter device must be {DEVICE_SYNTAX}; got {setting!r}")
+    if text == "auto":
+        return text
+    if re.fullmatch(r"[0-9]+", text):
+        if int(text) < 1:
+            raise ValueError(f"painter device count must be at least 1, got {setting!r}")
+        return int(text)
+    devices = tuple(text.split(","))
+    bad = [device for device in devices if not _ONE_DEVICE.fullmatch(device)]
+    if bad:
+        raise ValueError(
+            f"painter device must be {DEVICE_SYNTAX}; got {setting!r} ({bad[0]!r} is not a device)"
+        )
+    kinds = sorted({device.partition(":")[0] for device in devices})
+    if len(kinds) > 1:  # dtype auto differs between them: one job's rows would not paint alike
+        raise ValueError(
+            f"painter device must name devices of one kind, got {setting!r} ({' and '.join(kinds)})"
+        )
+    return devices
 
 
 def check_request(request: PaintRequest, task: str) -> None:
