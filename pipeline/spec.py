@@ -83,7 +83,12 @@ class PainterSpec(_Strict):
     aspect: Literal["square", "preserve"] = "square"
     # Outputs with more pixels than this decode in tiles (bounded VAE memory); null never tiles.
     vae_tile_pixels: int | None = Field(1536 * 1536, ge=1)
-    compile: bool = False  # torch.compile the DiT (see README: measure before turning it on)
+    # torch.compile mode of the DiT: false (eager), default, max-autotune (autotuned kernels + CUDA graphs
+    # on CUDA); true = default. See README: measure before turning it on.
+    compile: Literal[False, "default", "max-autotune"] = False
+    # auto: the VAE runs as DIM runs it (float32 inputs under float32 autocast on CUDA) when dtype is
+    # bfloat16/float16; same: in dtype.
+    vae_dtype: Literal["auto", "same"] = "auto"
 
     @field_validator("device")
     @classmethod
@@ -91,6 +96,20 @@ class PainterSpec(_Strict):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
             raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
         return value
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> Any:
+        return "default" if value is True else value  # the boolean it was before it took modes
+
+    @model_validator(mode="after")
+    def _vae_dtype_on_device(self) -> PainterSpec:
+        if self.vae_dtype == "auto" and self.dtype in ("bfloat16", "float16") and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"painter.vae_dtype 'auto' runs the VAE in float32 under autocast, which torch supports on CUDA "
+                f"only; with painter.device {self.device} and painter.dtype {self.dtype} set painter.vae_dtype: same"
+            )
+        return self
 
     @model_validator(mode="after")
     def _some_checkpoint(self) -> PainterSpec:

@@ -23,6 +23,11 @@ NOISE_DEVICES = ("cpu", "accelerator")
 # painters' native outputs (about 1024^2, also in aspect buckets) stay well below it and decode exactly;
 # 2048^2-class outputs, 4x the decoder memory per row, are tiled.
 DEFAULT_VAE_TILE_PIXELS = 1536 * 1536
+# How the VAE runs when the painter's dtype is bfloat16/float16: ``auto`` as DIM does (float32 inputs under
+# float32 autocast, CUDA only), ``same`` in the painter's dtype (see transforms/painter/dim/vae.py).
+VAE_DTYPES = ("auto", "same")
+# torch.compile modes for the denoiser (``painter.compile``); False runs it eagerly.
+COMPILE_MODES = ("default", "max-autotune")
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 
@@ -102,6 +107,18 @@ def check_params(params: PaintParams, *, grid: int) -> None:
         )
     if params.aspect not in ASPECTS:
         raise ValueError(f"aspect must be one of {ASPECTS}, got {params.aspect!r}")
+
+
+def compile_mode(value: object) -> str | None:
+    """``painter.compile`` as a torch.compile mode, None for eager. ``True`` is ``default`` (the setting was a
+    boolean before it took modes); anything else is an error naming the choices."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise ValueError(f"painter compile must be false or one of {COMPILE_MODES} (true = default), got {value!r}")
 
 
 def valid_vae_tile_pixels(value: object) -> bool:

@@ -17,10 +17,12 @@ from transforms.painter.base import (
     DEFAULT_VAE_TILE_PIXELS,
     NOISE_DEVICES,
     TASKS,
+    VAE_DTYPES,
     Painter,
     PaintParams,
     PaintRequest,
     check_params,
+    compile_mode,
     valid_vae_tile_pixels,
 )
 
@@ -41,13 +43,16 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         noise_device: str = "cpu",
         kind: str = "dim",
         share_across_processes: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
+        vae_dtype: str = "auto",
     ):
         """``share_across_processes`` is Beam's ``large_model``: one model per machine for all SDK processes.
-        ``compile``: run the painter's denoiser through ``torch.compile``. ``vae_tile_pixels``: outputs with
-        more pixels than this decode in tiles (bounded memory, approximate seams); None never tiles. The
-        output size itself comes with ``params`` (``resolution``, ``aspect``)."""
+        ``compile``: False, or the ``torch.compile`` mode of the painter's denoiser (``default``,
+        ``max-autotune``; True = ``default``). ``vae_tile_pixels``: outputs with more pixels than this decode
+        in tiles (bounded memory, approximate seams); None never tiles. ``vae_dtype``: ``auto`` (as DIM:
+        float32 under autocast when the painter runs in a half type) or ``same``. The output size itself
+        comes with ``params`` (``resolution``, ``aspect``)."""
         if kind not in KINDS:
             raise ValueError(f"painter kind must be one of {KINDS}, got {kind!r}")
         if task not in TASKS:
@@ -56,8 +61,9 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             raise ValueError(f"painter dtype must be one of {DTYPES}, got {dtype!r}")
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"painter noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
-        if not isinstance(compile, bool):
-            raise ValueError(f"painter compile must be true or false, got {compile!r}")
+        compile = compile_mode(compile) or False  # its error names the choices
+        if vae_dtype not in VAE_DTYPES:
+            raise ValueError(f"painter vae_dtype must be one of {VAE_DTYPES}, got {vae_dtype!r}")
         if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(
                 f"painter vae_tile_pixels must be a positive integer or null, got {vae_tile_pixels!r}"
@@ -79,6 +85,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         self.kind = kind
         self.compile = compile
         self.vae_tile_pixels = vae_tile_pixels
+        self.vae_dtype = vae_dtype
 
     def load_model(self) -> Painter:
         from transforms.painter.dim.pipeline import load_dim_painter  # the only kind so far
@@ -92,6 +99,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             noise_device=self.noise_device,
             compile=self.compile,
             vae_tile_pixels=self.vae_tile_pixels,
+            vae_dtype=self.vae_dtype,
         )
 
     def run_inference(

@@ -9,6 +9,20 @@ the reference's transform. Latents are ``encode(x).latent * scaling_factor``; de
 Output quantisation matches ``torchvision.utils.save_image(normalize=True, value_range=(-1, 1))``: clamp,
 (x + 1) / 2, x*255 + 0.5, truncate. torchvision itself is not needed.
 
+Precision (``painter.vae_dtype``): DIM encodes and decodes with the VAE's inputs in float32 under
+``torch.autocast(device_type="cuda", dtype=float32)`` while its weights are in the model dtype
+(showlab/DIM ``models/modeling_dim.py``: ``DIMDecoder.latents2image`` does ``latents.to(self.vae_dtype)``
+then ``with torch.autocast(device_type="cuda", dtype=self.vae_dtype): self.vae_decode(latents)``, and
+``DIMDecoder.generate`` encodes the source the same way, ``raw_images.to(self.vae_dtype)`` under that
+autocast; ``vae_dtype`` is ``sana.vae_dtype`` (``models/sana_pipeline.py``), i.e.
+``AEConfig.weight_dtype`` = "float32" in ``models/diffusion/utils/config.py``, which the released
+``Sana_1600M_1024px_*.yaml`` configs do not override; ``infer/demo_edit.py`` then casts the whole model,
+VAE included, with ``model.bfloat16()``). So with bf16 weights the convolutions and matrix products run
+in float32 on the bf16 weights' values, while ops outside autocast's list keep their dtypes (diffusers'
+RMSNorm casts back to its bf16 weight's dtype). ``vae_precision`` gives that regime for ``auto`` when the
+painter runs in bfloat16/float16 (CUDA only: torch's autocast takes float32 on CUDA alone), and plain
+model-dtype VAE calls for ``same`` or a float32 painter.
+
 Large outputs decode in tiles with diffusers' own ``AutoencoderDC.tiled_decode`` (overlapping tiles,
 linearly blended), one row at a time, so the decoder's peak memory is that of one tile whatever the output
 size. Tiling is approximate (the decoder's attention sees one tile, and the seams are blended), so it is
@@ -17,12 +31,16 @@ used only above a pixel threshold; below it the decode is the plain one, bit for
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderDC
 from PIL import Image
+
+from transforms.painter.base import VAE_DTYPES
 
 # Tile geometry for tiled decoding, in output pixels: 1024 px tiles (one tile costs what one row of DIM's
 # native 1024^2 output costs untiled), 896 px apart, so neighbours overlap and blend over 128 px (the same
@@ -33,6 +51,37 @@ TILE_STRIDE = 896
 
 def build_vae(kwargs: dict[str, Any]) -> AutoencoderDC:
     return AutoencoderDC(**kwargs)
+
+
+@dataclass(frozen=True)
+class VaePrecision:
+    """How the VAE is called: its inputs cast to ``input_dtype``, inside ``torch.autocast(device_type,
+    dtype=autocast_dtype)`` unless ``autocast_dtype`` is None."""
+
+    input_dtype: torch.dtype
+    autocast_dtype: torch.dtype | None = None
+    device_type: str = "cpu"
+
+    def context(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+
+
+def vae_precision(vae_dtype: str, dtype: torch.dtype, device: torch.device) -> VaePrecision:
+    """``auto``: as DIM (float32 inputs under float32 autocast) when the painter's ``dtype`` is a half type;
+    ``same``: the VAE runs in ``dtype`` like the rest. In float32 both are plain float32 calls."""
+    if vae_dtype not in VAE_DTYPES:
+        raise ValueError(f"vae_dtype must be one of {VAE_DTYPES}, got {vae_dtype!r}")
+    if vae_dtype == "same" or dtype == torch.float32:
+        return VaePrecision(input_dtype=dtype)
+    if device.type != "cuda":
+        raise ValueError(
+            f"painter.vae_dtype 'auto' runs the VAE as DIM does, float32 inputs under torch.autocast(float32), "
+            f"which torch supports on CUDA only; on {device.type} with painter dtype "
+            f"{str(dtype).removeprefix('torch.')} set painter.vae_dtype: same (or painter.dtype: float32)"
+        )
+    return VaePrecision(input_dtype=torch.float32, autocast_dtype=torch.float32, device_type="cuda")
 
 
 def source_pixels(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
