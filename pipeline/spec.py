@@ -23,6 +23,7 @@ from transforms.manifest_stream import (
     NESTING_CEILING,
     ManifestLimits,
 )
+from transforms.painter.base import COMPILE_CHOICES, compile_mode
 
 
 class SpecError(ValueError):
@@ -86,8 +87,8 @@ class PainterSpec(_Strict):
     # torch.compile mode of the DiT: false (eager), default, max-autotune (autotuned kernels + CUDA graphs
     # on CUDA); true = default. See README: measure before turning it on.
     compile: Literal[False, "default", "max-autotune"] = False
-    # auto: the VAE runs as DIM runs it (float32 inputs under float32 autocast on CUDA) when dtype is
-    # bfloat16/float16; same: in dtype.
+    # auto: when dtype is bfloat16/float16 the VAE runs as DIM runs it (float32 compute on the half-rounded
+    # weights: under a float32 autocast on CUDA, on a float32 copy elsewhere); same: in dtype.
     vae_dtype: Literal["auto", "same"] = "auto"
 
     @field_validator("device")
@@ -100,16 +101,12 @@ class PainterSpec(_Strict):
     @field_validator("compile", mode="before")
     @classmethod
     def _compile(cls, value: Any) -> Any:
-        return "default" if value is True else value  # the boolean it was before it took modes
-
-    @model_validator(mode="after")
-    def _vae_dtype_on_device(self) -> PainterSpec:
-        if self.vae_dtype == "auto" and self.dtype in ("bfloat16", "float16") and self.device in ("cpu", "mps"):
-            raise ValueError(
-                f"painter.vae_dtype 'auto' runs the VAE in float32 under autocast, which torch supports on CUDA "
-                f"only; with painter.device {self.device} and painter.dtype {self.dtype} set painter.vae_dtype: same"
-            )
-        return self
+        """true is ``default`` (the boolean the setting was before it took modes); anything but the choices is
+        refused here, naming them (not after a lax coercion such as 0 -> false)."""
+        try:
+            return compile_mode(value) or False
+        except ValueError:
+            raise ValueError(f"must be {COMPILE_CHOICES}") from None  # the error list adds the value given
 
     @model_validator(mode="after")
     def _some_checkpoint(self) -> PainterSpec:

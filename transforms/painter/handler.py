@@ -50,9 +50,10 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         """``share_across_processes`` is Beam's ``large_model``: one model per machine for all SDK processes.
         ``compile``: False, or the ``torch.compile`` mode of the painter's denoiser (``default``,
         ``max-autotune``; True = ``default``). ``vae_tile_pixels``: outputs with more pixels than this decode
-        in tiles (bounded memory, approximate seams); None never tiles. ``vae_dtype``: ``auto`` (as DIM:
-        float32 under autocast when the painter runs in a half type) or ``same``. The output size itself
-        comes with ``params`` (``resolution``, ``aspect``)."""
+        in tiles (bounded memory, approximate seams); None never tiles. ``vae_dtype``: ``auto`` (as DIM: the
+        VAE computes in float32 on its half-rounded weights when the painter runs in a half type) or
+        ``same`` (in the painter's dtype). The output size itself comes with ``params`` (``resolution``,
+        ``aspect``)."""
         if kind not in KINDS:
             raise ValueError(f"painter kind must be one of {KINDS}, got {kind!r}")
         if task not in TASKS:

@@ -10,8 +10,8 @@ The null condition (classifier-free guidance's unconditional branch) is the same
 keys/values are one [1, heads, L, head_dim] tensor per block, never repeated per row: the unconditional
 rows' queries are folded into one sequence ([n, Lq, C] -> [1, n * Lq, C], a free view) that attends to that
 single tensor, with each row's padding mask folded the same way. At full size (20 blocks, ~1,400-token
-conditions) per-row copies of the null keys/values would hold ~250 MB per row in bf16 for the whole
-sampling call: ~2 GB at batch 8, half of the ~4 GB that [2B]-row keys/values take.
+conditions, bf16) one row's keys + values take 20 x 2 x 1,400 x 2,240 x 2 bytes ~ 251 MB for the whole
+sampling call; [2B] rows took ~4.0 GB at batch 8, B + 1 rows take ~2.26 GB (1.76 GB less).
 
 Nothing is stored on the modules: the K/V live in the caller's ``CrossCondition`` for the duration of one
 sampling call and are freed with it, so concurrent calls from several threads cannot see each other's.

@@ -29,7 +29,13 @@ import torch
 from diffusers import SanaTransformer2DModel
 from torch import nn
 
-from transforms.painter.dim.attention import CachedCrossAttnProcessor, CrossKV, fold_bias, key_bias, project_kv
+from transforms.painter.dim.attention import (
+    CachedCrossAttnProcessor,
+    CrossKV,
+    fold_bias,
+    key_bias,
+    project_kv,
+)
 
 
 @dataclass

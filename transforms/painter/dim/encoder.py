@@ -115,7 +115,9 @@ class ConditionEncoder:
         attention mask. The prompt is stripped (the reference's designer output is), which also keeps
         ``user\n`` a token pair of its own for ``user_span``. ``images[i]`` None: a text-only row."""
         if len(prompts) != len(images) or not prompts:
-            raise ValueError(f"{len(prompts)} prompts and {len(images)} images: one of each per row, at least one")
+            raise ValueError(
+                f"{len(prompts)} prompts and {len(images)} images: one of each per row, at least one"
+            )
         texts = []
         for prompt, image in zip(prompts, images, strict=True):
             content: list[dict] = [{"type": "image"}] if image is not None else []

@@ -1,12 +1,13 @@
 """DimPainter: requests -> images with the loaded DIM modules (our own loop: SanaPipeline cannot do the
 channel concatenation the edit model needs).
 
-Per batch: the rows' conditions (encoder -> projector, the micro-batch's rows in one right-padded,
-masked encoder forward: a row's condition equals its condition alone up to rounding), the null condition
-(first N rows of y_embedding, its keys/values shared by every row), each row's source latent (edit) and
-its own seeded noise; then one DiT forward per step on [uncond rows, cond rows], guidance, DPM-Solver++
-step; decode; quantise. On CPU the rows of a batch go through one at a time (``row_by_row``), so an image
-is bit-identical whatever batch or worker painted it.
+Per batch: the rows' conditions (encoder -> projector; on accelerators the micro-batch's rows in one
+right-padded, masked encoder forward, where a row's condition equals its condition alone up to rounding),
+the null condition (first N rows of y_embedding, its keys/values computed once and shared by every row),
+each row's source latent (edit) and its own seeded noise; then one DiT forward per step on [uncond rows,
+cond rows], guidance, DPM-Solver++ step; decode; quantise. On CPU the rows of a batch go through one at a
+time (``row_by_row``: encoder, DiT and VAE), so an image is bit-identical whatever batch or worker painted
+it.
 """
 
 from __future__ import annotations
@@ -79,22 +80,30 @@ class DimPainter:
         prefetch: bool | None = None,
         vae_dtype: str = "auto",
     ):
-        """``row_by_row`` runs the DiT and VAE one row at a time, which makes every image bit-identical
-        whatever batch it came in (kernels see the same shapes); the default is on for CPU, where batching
-        gains little, and off for accelerators, where batching is the point and rows agree to within
-        rounding. ``compile``: False, or a ``torch.compile`` mode (``default``, ``max-autotune``: autotuned
-        kernels and, on CUDA, CUDA graphs; True means ``default``) for the DiT's per-step forward (the first
-        batches of each new shape pay for compilation). ``vae_tile_pixels``: outputs with more pixels than
-        this decode tile by tile (None: never). ``prefetch``: ``paint`` decodes and resizes the next
-        micro-batch's sources on a background thread while the current one is on the device (the images are
-        the same either way); the default is on for accelerators and off for CPU, where the device is the same
-        few cores. ``vae_dtype``: ``auto`` runs the VAE as DIM does (float32 under autocast when ``dtype`` is
-        a half type, see ``vae.vae_precision``), ``same`` in ``dtype``."""
+        """``row_by_row`` runs the encoder, DiT and VAE one row at a time, which makes every image
+        bit-identical whatever batch it came in (kernels see the same shapes); the default is on for CPU,
+        where batching gains little, and off for accelerators, where batching is the point and rows agree to
+        within rounding. ``compile``: False, or a ``torch.compile`` mode (``default``, ``max-autotune``:
+        autotuned kernels and, on CUDA, CUDA graphs; True means ``default``) for the DiT's per-step forward
+        (the first batches of each new shape pay for compilation). ``vae_tile_pixels``: outputs with more
+        pixels than this decode tile by tile (None: never). ``prefetch``: ``paint`` decodes and resizes the
+        next micro-batch's sources on a background thread while the current one is on the device (the images
+        are the same either way); the default is on for accelerators and off for CPU, where the device is the
+        same few cores. ``vae_dtype``: ``auto`` runs the VAE as DIM does when ``dtype`` is a half type
+        (float32 under autocast on CUDA; elsewhere float32 on the half-rounded weights, which
+        ``load_dim_painter`` prepares), ``same`` in ``dtype``; see ``vae.vae_precision``."""
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
         if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
-        self.vae_precision = vae.vae_precision(vae_dtype, dtype, device)  # refuses what torch cannot do
+        self.vae_precision = vae.vae_precision(vae_dtype, dtype, device)
+        held = {p.dtype for p in modules.vae.parameters()}
+        if held != {self.vae_precision.weight_dtype}:
+            raise ValueError(
+                f"vae_dtype {vae_dtype!r} with dtype {dtype} on {device.type} runs the VAE with "
+                f"{self.vae_precision.weight_dtype} weights, but the loaded VAE holds "
+                f"{sorted(map(str, held))} (load_dim_painter prepares them)"
+            )
         self.vae_dtype = vae_dtype
         self.name = name
         self.task = task
@@ -106,8 +115,8 @@ class DimPainter:
         self.device = device
         self.noise_device = noise_device
         self.row_by_row = device.type == "cpu" if row_by_row is None else row_by_row
-        self.compile = compile_mode(compile)  # None: eager
-        if self.compile is not None and not modules.dit.compiled:
+        self.compile: str | bool = compile_mode(compile) or False  # a torch.compile mode, or False: eager
+        if self.compile and not modules.dit.compiled:
             modules.dit.enable_compile(mode=self.compile)
         self.vae_tile_pixels = vae_tile_pixels
         vae.set_tile_geometry(modules.vae)
@@ -130,11 +139,21 @@ class DimPainter:
 
     @torch.inference_mode()
     def conditions(self, prompts: Sequence[str], sources: Sequence[Image.Image | None]) -> list[torch.Tensor]:
-        """Each row's projected condition, from one encoder forward and one projector call for all rows."""
-        hidden = [condition.hidden for condition in self.encoder.encode_batch(prompts, sources)]
-        projected = self.modules.projector(torch.cat(hidden).to(self.dtype))
-        rows = projected.split([h.shape[0] for h in hidden])
-        return [row[-self.arch.max_condition_length :] for row in rows]
+        """Each row's projected condition. ``row_by_row``: one encoder forward and projector call per row (the
+        shapes a row has alone, so bit-identical in any batch); otherwise one encoder forward over the
+        right-padded rows and one projector call over all their tokens (equal to the rows alone up to
+        rounding, see ``encoder``)."""
+        if self.row_by_row:
+            hidden = [
+                self.encoder.encode_batch([p], [s])[0].hidden for p, s in zip(prompts, sources, strict=True)
+            ]
+            projected = [self.modules.projector(h.to(self.dtype)) for h in hidden]
+        else:
+            hidden = [condition.hidden for condition in self.encoder.encode_batch(prompts, sources)]
+            projected = self.modules.projector(torch.cat(hidden).to(self.dtype)).split(
+                [h.shape[0] for h in hidden]
+            )
+        return [row[-self.arch.max_condition_length :] for row in projected]
 
     @torch.inference_mode()
     def prepare(
@@ -295,6 +314,7 @@ class DimPainter:
             "steps": params.steps,
             "guidance_scale": float(params.guidance_scale),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "vae_dtype": self.vae_precision.label,
             "device": str(self.device),
             "batch_size": len(requests),
         }
@@ -353,13 +373,18 @@ def load_dim_painter(
     vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
     vae_dtype: str = "auto",
 ) -> DimPainter:
-    """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones)."""
-    vae.vae_precision(vae_dtype, dtype, device)  # refuse before reading gigabytes of weights
+    """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones). The VAE's
+    weights are loaded in ``dtype`` (rounded as DIM's ``model.bfloat16()`` rounds them), then held in the
+    dtype ``vae_dtype`` calls for (float32 for ``auto`` with a half dtype off CUDA)."""
+    precision = vae.vae_precision(vae_dtype, dtype, device)  # a bad setting fails before any weight is read
     compile_mode(compile)
     folder = resolve_checkpoint(checkpoint, task)
     arch = ckpt.read_arch(folder, task)
     sha = ckpt.file_sha256(folder / ckpt.MODEL_FILE)
     modules = ckpt.load_modules(folder, arch, dtype=dtype, device=device)
+    if precision.weight_dtype != dtype:
+        # nn.Module.to: diffusers' override warns about fp32-kept modules that this VAE does not have.
+        torch.nn.Module.to(modules.vae, dtype=precision.weight_dtype)
     processor = load_processor(ckpt.processor_folder(folder, arch))
     encoder = ConditionEncoder(modules.encoder, processor, arch.encoder_image_size)
     return DimPainter(

@@ -9,19 +9,31 @@ the reference's transform. Latents are ``encode(x).latent * scaling_factor``; de
 Output quantisation matches ``torchvision.utils.save_image(normalize=True, value_range=(-1, 1))``: clamp,
 (x + 1) / 2, x*255 + 0.5, truncate. torchvision itself is not needed.
 
-Precision (``painter.vae_dtype``): DIM encodes and decodes with the VAE's inputs in float32 under
-``torch.autocast(device_type="cuda", dtype=float32)`` while its weights are in the model dtype
-(showlab/DIM ``models/modeling_dim.py``: ``DIMDecoder.latents2image`` does ``latents.to(self.vae_dtype)``
-then ``with torch.autocast(device_type="cuda", dtype=self.vae_dtype): self.vae_decode(latents)``, and
-``DIMDecoder.generate`` encodes the source the same way, ``raw_images.to(self.vae_dtype)`` under that
-autocast; ``vae_dtype`` is ``sana.vae_dtype`` (``models/sana_pipeline.py``), i.e.
-``AEConfig.weight_dtype`` = "float32" in ``models/diffusion/utils/config.py``, which the released
-``Sana_1600M_1024px_*.yaml`` configs do not override; ``infer/demo_edit.py`` then casts the whole model,
-VAE included, with ``model.bfloat16()``). So with bf16 weights the convolutions and matrix products run
-in float32 on the bf16 weights' values, while ops outside autocast's list keep their dtypes (diffusers'
-RMSNorm casts back to its bf16 weight's dtype). ``vae_precision`` gives that regime for ``auto`` when the
-painter runs in bfloat16/float16 (CUDA only: torch's autocast takes float32 on CUDA alone), and plain
-model-dtype VAE calls for ``same`` or a float32 painter.
+Precision (``painter.vae_dtype``). What DIM does (showlab/DIM): ``DIMDecoder.generate`` encodes the source
+with ``raw_images.to(self.vae_dtype)`` inside ``torch.autocast(device_type="cuda", dtype=self.vae_dtype)``
+and ``DIMDecoder.latents2image`` decodes the same way (``models/modeling_dim.py``); ``self.vae_dtype`` is
+``sana.vae_dtype`` (``models/sana_pipeline.py``: ``get_weight_dtype(config.vae.weight_dtype)``), and
+``AEConfig.weight_dtype`` defaults to ``"float32"`` (``models/diffusion/utils/config.py``), which the released
+configs (``models/sana1-5_config/1024ms/Sana_1600M_1024px_allqknorm_bf16_lr2e5*.yaml``) do not override.
+``infer/demo_edit.py`` then casts the whole model, VAE included, with ``model.bfloat16()``. So DIM's VAE
+holds bfloat16 weights and gets float32 inputs under a float32 CUDA autocast: the ops autocast casts
+(convolutions, linear layers, matrix products) compute in float32 on the bfloat16 weights' values, while
+the others keep their own dtypes; in particular diffusers' ``RMSNorm`` (the DC-AE's norm; diffusers 0.42)
+casts its normalised output to its bfloat16 weight's dtype and scales and shifts it in bfloat16, so those
+outputs are rounded to bfloat16.
+
+``vae_precision`` maps the setting to what this process does:
+
+- ``same``, or a float32 painter: the VAE runs plainly in the painter's dtype (what dimflow did before the
+  setting existed).
+- ``auto`` with a half painter dtype on CUDA: DIM's regime (half weights, float32 inputs, float32
+  autocast).
+- ``auto`` with a half painter dtype elsewhere (CPU, MPS): torch's autocast takes only half types there, so
+  the VAE runs in float32 on a float32 copy of its half-rounded weights (loaded in the painter's dtype, then
+  upcast): the same values DIM's convolutions and matrix products see, computed in float32 as DIM computes
+  them; the RMSNorm outputs, which DIM rounds to bfloat16 and scales in bfloat16, stay float32 here: the
+  one difference. Provenance names the regime (``vae_dtype``: ``float32-autocast`` vs
+  ``float32-from-bfloat16``).
 
 Large outputs decode in tiles with diffusers' own ``AutoencoderDC.tiled_decode`` (overlapping tiles,
 linearly blended), one row at a time, so the decoder's peak memory is that of one tile whatever the output
@@ -55,10 +67,13 @@ def build_vae(kwargs: dict[str, Any]) -> AutoencoderDC:
 
 @dataclass(frozen=True)
 class VaePrecision:
-    """How the VAE is called: its inputs cast to ``input_dtype``, inside ``torch.autocast(device_type,
-    dtype=autocast_dtype)`` unless ``autocast_dtype`` is None."""
+    """How the VAE runs: weights held in ``weight_dtype``, inputs cast to ``input_dtype``, inside
+    ``torch.autocast(device_type, dtype=autocast_dtype)`` unless that is None. ``label`` is the provenance
+    ``vae_dtype`` value."""
 
+    weight_dtype: torch.dtype
     input_dtype: torch.dtype
+    label: str
     autocast_dtype: torch.dtype | None = None
     device_type: str = "cpu"
 
@@ -68,20 +83,28 @@ class VaePrecision:
         return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def vae_precision(vae_dtype: str, dtype: torch.dtype, device: torch.device) -> VaePrecision:
-    """``auto``: as DIM (float32 inputs under float32 autocast) when the painter's ``dtype`` is a half type;
-    ``same``: the VAE runs in ``dtype`` like the rest. In float32 both are plain float32 calls."""
+    """``painter.vae_dtype`` for a painter in ``dtype`` on ``device`` (see the module docstring)."""
     if vae_dtype not in VAE_DTYPES:
         raise ValueError(f"vae_dtype must be one of {VAE_DTYPES}, got {vae_dtype!r}")
     if vae_dtype == "same" or dtype == torch.float32:
-        return VaePrecision(input_dtype=dtype)
-    if device.type != "cuda":
-        raise ValueError(
-            f"painter.vae_dtype 'auto' runs the VAE as DIM does, float32 inputs under torch.autocast(float32), "
-            f"which torch supports on CUDA only; on {device.type} with painter dtype "
-            f"{str(dtype).removeprefix('torch.')} set painter.vae_dtype: same (or painter.dtype: float32)"
+        return VaePrecision(weight_dtype=dtype, input_dtype=dtype, label=_name(dtype))
+    if device.type == "cuda":  # as DIM: half weights, float32 inputs under a float32 autocast
+        return VaePrecision(
+            weight_dtype=dtype,
+            input_dtype=torch.float32,
+            label="float32-autocast",
+            autocast_dtype=torch.float32,
+            device_type="cuda",
         )
-    return VaePrecision(input_dtype=torch.float32, autocast_dtype=torch.float32, device_type="cuda")
+    # CPU/MPS autocast refuses float32 (torch warns and disables it): float32 on the half-rounded weights.
+    return VaePrecision(
+        weight_dtype=torch.float32, input_dtype=torch.float32, label=f"float32-from-{_name(dtype)}"
+    )
 
 
 def source_pixels(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
