@@ -235,7 +235,7 @@ class StageClock:
 def instrument(painter, clock: StageClock) -> None:
     """encoder: Qwen + projector; dit_setup: condition K/V once per call; dit: the steps; vae: encode+decode."""
     modules = painter.modules
-    clock.wrap(painter.encoder, "encode", "encoder")
+    clock.wrap(painter.encoder, "encode_batch", "encoder")
     clock.wrap(modules.projector, "forward", "encoder")
     clock.wrap(modules.dit, "cross_condition", "dit_setup")
     clock.wrap(modules.dit, "forward", "dit")

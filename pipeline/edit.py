@@ -97,7 +97,7 @@ class JobKeys:
 def painter_config(spec: JobSpec) -> dict[str, Any]:
     """The painter settings that change pixels (they enter the render key, with the row's mode)."""
     p = spec.painter
-    return {
+    config: dict[str, Any] = {
         "kind": p.kind,
         "steps": p.steps,
         "guidance_scale": p.guidance_scale,
@@ -105,12 +105,19 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
         "dtype": p.dtype,
         "noise_device": p.noise_device,
         "aspect": p.aspect,
-        "compile": p.compile,  # compiled kernels round differently
+        # compiled kernels round differently; true/default keep the key they had as a boolean
+        "compile": True if p.compile == "default" else p.compile,
         # tiling changes pixels only for outputs above the threshold (buckets stay within ~5% of R**2)
         "vae_tile_pixels": p.vae_tile_pixels
         if p.vae_tile_pixels is not None and p.resolution**2 * 1.05 > p.vae_tile_pixels
         else None,
     }
+    # The VAE's precision changes pixels only when the painter may run in a half type (``dtype`` auto is
+    # bfloat16 on CUDA) and the VAE then runs in float32 (``auto``); otherwise the VAE runs as it did before
+    # this setting existed, and the key stays the one it was (no needless re-render of a catalog).
+    if p.vae_dtype != "same" and p.dtype != "float32":
+        config["vae_dtype"] = p.vae_dtype
+    return config
 
 
 def part_name(shard: Shard | None, *, chunk: int | None = None, chunk_rows: int | None = None) -> str:
@@ -251,6 +258,7 @@ def painter_handler(spec: JobSpec, mode: str, run_id: str = "") -> PainterModelH
         compile=painter.compile,
         vae_tile_pixels=painter.vae_tile_pixels,
         run_id=run_id,
+        vae_dtype=painter.vae_dtype,
     )
 
 

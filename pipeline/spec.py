@@ -23,7 +23,7 @@ from transforms.manifest_stream import (
     NESTING_CEILING,
     ManifestLimits,
 )
-from transforms.painter.base import device_choice
+from transforms.painter.base import COMPILE_CHOICES, compile_mode, device_choice
 
 
 class SpecError(ValueError):
@@ -87,13 +87,28 @@ class PainterSpec(_Strict):
     aspect: Literal["square", "preserve"] = "square"
     # Outputs with more pixels than this decode in tiles (bounded VAE memory); null never tiles.
     vae_tile_pixels: int | None = Field(1536 * 1536, ge=1)
-    compile: bool = False  # torch.compile the DiT (see README: measure before turning it on)
+    # torch.compile mode of the DiT: false (eager), default, max-autotune (autotuned kernels + CUDA graphs
+    # on CUDA); true = default. See README: measure before turning it on.
+    compile: Literal[False, "default", "max-autotune"] = False
+    # auto: when dtype is bfloat16/float16 the VAE runs as DIM runs it (float32 compute on the half-rounded
+    # weights: under a float32 autocast on CUDA, on a float32 copy elsewhere); same: in dtype.
+    vae_dtype: Literal["auto", "same"] = "auto"
 
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: object) -> str:
         choice = device_choice(value)  # ValueError naming the syntax; a YAML integer is a count
         return ",".join(choice) if isinstance(choice, tuple) else str(choice)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile(cls, value: Any) -> Any:
+        """true is ``default`` (the boolean the setting was before it took modes); anything but the choices is
+        refused here, naming them (not after a lax coercion such as 0 -> false)."""
+        try:
+            return compile_mode(value) or False
+        except ValueError:
+            raise ValueError(f"must be {COMPILE_CHOICES}") from None  # the error list adds the value given
 
     @model_validator(mode="after")
     def _some_checkpoint(self) -> PainterSpec:

@@ -101,6 +101,15 @@ def test_overrides_parse_yaml_values(tmp_path):
         (BASE, ["limits.storage_errors_before_fail_fast=0"], "limits.storage_errors_before_fail_fast"),
         (BASE, ["limits.storage_cooldown_s=-1"], "limits.storage_cooldown_s: Input should be greater than 0"),
         (BASE, ["limits.fetch_timeout_s=soon"], "limits.fetch_timeout_s"),
+        (
+            BASE,
+            ["painter.compile=fast"],
+            "painter.compile: Value error, must be false, true (= default), default or max-autotune (got 'fast')",
+        ),
+        (BASE, ["painter.compile=reduce-overhead"], "painter.compile: Value error"),
+        (BASE, ["painter.compile=0"], "got 0"),
+        (BASE, ["painter.compile=null"], "got None"),
+        (BASE, ["painter.vae_dtype=float32"], "painter.vae_dtype: Input should be 'auto' or 'same'"),
         ("name: t\noutput: out\n", [], "manifest: Field required"),
         (BASE.replace("name: t", "name: Bad Name"), [], "name: String should match pattern"),
     ],
@@ -165,3 +174,76 @@ def test_paint_resource_hints(tmp_path):
         "min_ram": "30 GiB",
     }
     assert load_spec(write(tmp_path, BASE)).runner.paint_resource_hints() == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("false", False), ("true", "default"), ("default", "default"), ("max-autotune", "max-autotune")],
+)
+def test_compile_modes_and_the_old_boolean(tmp_path, value, expected):
+    spec = load_spec(write(tmp_path, BASE), [f"painter.compile={value}"])
+    assert spec.painter.compile == expected
+    assert load_spec(write(tmp_path, BASE)).painter.compile is False
+
+
+def test_a_half_dtype_on_cpu_is_accepted_with_the_default_vae_dtype(tmp_path):
+    for device in ("cpu", "mps", "cuda"):
+        spec = load_spec(write(tmp_path, BASE), ["painter.dtype=bfloat16", f"painter.device={device}"])
+        assert spec.painter.vae_dtype == "auto"
+
+
+def render_key_of(tmp_path, overrides: list[str]) -> str:
+    from pipeline.edit import painter_config
+    from transforms.schema import render_key
+
+    spec = load_spec(write(tmp_path, BASE), overrides)
+    return render_key(
+        source_sha256="a" * 64,
+        instruction="make it red",
+        designer_config={"kind": "none"},
+        painter_config={**painter_config(spec), "mode": "edit"},
+        checkpoint_sha256="c" * 64,
+        seed=233,
+    )
+
+
+def test_painter_config_of_a_float32_job_is_the_one_it_had(tmp_path):
+    """vae_dtype and compile modes leave existing float32 jobs' render keys alone (no catalog re-render)."""
+    from pipeline.edit import painter_config
+
+    spec = load_spec(write(tmp_path, BASE), ["painter.dtype=float32"])
+    # The key's fields before painter.vae_dtype and compile modes existed, with their values.
+    assert painter_config(spec) == {
+        "kind": "dim",
+        "steps": 4,
+        "guidance_scale": 7.5,
+        "resolution": 1024,
+        "dtype": "float32",
+        "noise_device": "cpu",
+        "aspect": "square",
+        "compile": False,
+        "vae_tile_pixels": None,
+    }
+    float32 = render_key_of(tmp_path, ["painter.dtype=float32"])
+    assert render_key_of(tmp_path, ["painter.dtype=float32", "painter.vae_dtype=same"]) == float32
+    assert render_key_of(tmp_path, ["painter.dtype=float32", "painter.vae_dtype=auto"]) == float32
+    # compile: true keeps the key it had as a boolean; the new mode is a new key (kernels round differently)
+    compiled = load_spec(write(tmp_path, BASE), ["painter.dtype=float32", "painter.compile=true"])
+    assert painter_config(compiled)["compile"] is True
+    assert render_key_of(tmp_path, ["painter.dtype=float32", "painter.compile=default"]) == render_key_of(
+        tmp_path, ["painter.dtype=float32", "painter.compile=true"]
+    )
+    assert render_key_of(
+        tmp_path, ["painter.dtype=float32", "painter.compile=max-autotune"]
+    ) != render_key_of(tmp_path, ["painter.dtype=float32", "painter.compile=true"])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "auto"])
+def test_vae_dtype_enters_the_key_only_where_it_changes_pixels(tmp_path, dtype):
+    """A half (or auto: bfloat16 on CUDA) painter: auto's float32 VAE is a new key; same keeps the old one."""
+    from pipeline.edit import painter_config
+
+    same = load_spec(write(tmp_path, BASE), [f"painter.dtype={dtype}", "painter.vae_dtype=same"])
+    assert "vae_dtype" not in painter_config(same)
+    auto = render_key_of(tmp_path, [f"painter.dtype={dtype}"])
+    assert auto != render_key_of(tmp_path, [f"painter.dtype={dtype}", "painter.vae_dtype=same"])

@@ -40,6 +40,8 @@ PROVENANCE_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("dtype", pa.string()),
+        # How the VAE ran (painter.vae_dtype): the dtype, or float32-autocast / float32-from-<dtype>.
+        ("vae_dtype", pa.string()),
         ("device", pa.string()),
         ("batch_size", pa.int32()),
         ("paint_s", pa.float64()),

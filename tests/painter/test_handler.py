@@ -66,6 +66,8 @@ def test_handler_direct_use_matches_painter(edit_painter):
         ({"batch_size": 0}, "batch_size"),
         ({"noise_device": "gpu"}, "noise_device"),
         ({"kind": "other"}, "kind"),
+        ({"vae_dtype": "float32"}, r"vae_dtype must be one of \('auto', 'same'\)"),
+        ({"compile": "fast"}, r"compile must be false, true \(= default\), default or max-autotune"),
     ],
 )
 def test_handler_settings_are_checked(kwargs, message):

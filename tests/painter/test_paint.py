@@ -40,6 +40,7 @@ def test_edit_paints_square_rgb_with_provenance(edit_painter):
     )
     assert (fields["steps"], fields["guidance_scale"], fields["width"], fields["height"]) == (4, 7.5, 64, 64)
     assert (fields["dtype"], fields["device"], fields["batch_size"]) == ("float32", "cpu", 1)
+    assert fields["vae_dtype"] == "float32"
 
 
 def test_t2i_paints_other_resolutions(t2i_painter):
@@ -165,6 +166,8 @@ def test_bfloat16_paints_close_to_float32(task, edit_painter, t2i_painter):
 
     painter = load_dim_painter("tiny", task, dtype=torch.bfloat16, device=torch.device("cpu"))
     assert {p.dtype for p in painter.modules.dit.parameters()} == {torch.bfloat16}
+    # vae_dtype auto (the default) is accepted on CPU: the VAE computes in float32 (test_levers.py)
+    assert painter.vae_precision.label == "float32-from-bfloat16"
     row = edit("a") if task == "edit" else t2i("a")
     (painting,) = painter.paint([row], PARAMS)
     assert painting.fields["dtype"] == "bfloat16" and painting.image.size == (64, 64)

@@ -157,7 +157,9 @@ def test_cross_condition_is_freed_after_a_render(edit_painter):
 
     def spy(*args, **kwargs):
         cross = original(*args, **kwargs)
-        refs.extend(weakref.ref(t) for t in (*cross.keys, *cross.values))
+        refs.extend(
+            weakref.ref(t) for t in (*cross.keys, *cross.values, *cross.null_keys, *cross.null_values)
+        )
         refs.append(weakref.ref(cross))
         return cross
 
@@ -198,9 +200,12 @@ def test_concurrent_renders_do_not_share_keys_values(edit_painter):
 
 
 def test_modules_run_in_the_job_dtype_and_the_solver_stays_float32(monkeypatch):
+    """With ``vae_dtype: same`` every module is in the job dtype (``auto``'s float32 VAE: test_levers.py)."""
     from transforms.painter.dim.pipeline import load_dim_painter
 
-    painter = load_dim_painter("tiny", "edit", dtype=torch.bfloat16, device=torch.device("cpu"))
+    painter = load_dim_painter(
+        "tiny", "edit", dtype=torch.bfloat16, device=torch.device("cpu"), vae_dtype="same"
+    )
     modules = painter.modules
     for name in ("encoder", "projector", "dit", "vae"):
         assert {p.dtype for p in getattr(modules, name).parameters()} == {torch.bfloat16}, name
@@ -244,12 +249,19 @@ def compile_available() -> bool:
 def test_compile_switch_is_plumbed_through_the_handler():
     from transforms.painter.handler import PainterModelHandler
 
-    with pytest.raises(ValueError, match="compile"):
-        PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile="yes")
+    for bad in ("yes", "reduce-overhead", 1, None):
+        with pytest.raises(
+            ValueError, match=r"painter compile must be false, true \(= default\), default or max-autotune"
+        ):
+            PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile=bad)
     off = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS).load_model()
     assert off.compile is False and not off.modules.dit.compiled
-    on = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile=True).load_model()
-    assert on.compile is True and on.modules.dit.compiled  # compiled lazily, at the first step
+    on = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile=True)
+    assert on.compile == "default"  # true: the boolean this setting was before it took modes
+    painter = on.load_model()
+    assert painter.compile == "default" and painter.modules.dit.compiled  # compiled lazily, at the first step
+    tuned = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile="max-autotune")
+    assert tuned.compile == "max-autotune"
 
 
 @pytest.mark.skipif(not compile_available(), reason="torch.compile (dynamo) is not supported here")

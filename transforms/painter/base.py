@@ -24,6 +24,12 @@ NOISE_DEVICES = ("cpu", "accelerator")
 # painters' native outputs (about 1024^2, also in aspect buckets) stay well below it and decode exactly;
 # 2048^2-class outputs, 4x the decoder memory per row, are tiled.
 DEFAULT_VAE_TILE_PIXELS = 1536 * 1536
+# How the VAE runs when the painter's dtype is bfloat16/float16: ``auto`` as DIM does (float32 compute on the
+# half weights' values), ``same`` in the painter's dtype (see transforms/painter/dim/vae.py).
+VAE_DTYPES = ("auto", "same")
+# torch.compile modes for the denoiser (``painter.compile``); False runs it eagerly, True means "default".
+COMPILE_MODES = ("default", "max-autotune")
+COMPILE_CHOICES = "false, true (= default), default or max-autotune"
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 # ``painter.device``: where the painter replicas load, one per device named (see ``device_choice``).
@@ -64,8 +70,8 @@ class PaintRequest:
 class Painting:
     """A painted row: the image, its share of the batch's wall time, and provenance fields.
 
-    ``fields`` carries: painter, checkpoint_sha256, steps, guidance_scale, width, height, dtype, device,
-    batch_size (names match the provenance columns).
+    ``fields`` carries: painter, checkpoint_sha256, steps, guidance_scale, width, height, dtype, vae_dtype,
+    device, batch_size (names match the provenance columns).
     """
 
     key: str
@@ -143,6 +149,18 @@ def check_params(params: PaintParams, *, grid: int) -> None:
         )
     if params.aspect not in ASPECTS:
         raise ValueError(f"aspect must be one of {ASPECTS}, got {params.aspect!r}")
+
+
+def compile_mode(value: object) -> str | None:
+    """``painter.compile`` as a torch.compile mode, None for eager (``False``). ``True`` is ``default`` (the
+    setting was a boolean before it took modes); anything else is an error naming the choices."""
+    if value is False:
+        return None
+    if value is True:
+        return "default"
+    if isinstance(value, str) and value in COMPILE_MODES:
+        return value
+    raise ValueError(f"painter compile must be {COMPILE_CHOICES}, got {value!r}")
 
 
 def valid_vae_tile_pixels(value: object) -> bool:

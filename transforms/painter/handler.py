@@ -54,11 +54,13 @@ from transforms.painter.base import (
     DEFAULT_VAE_TILE_PIXELS,
     NOISE_DEVICES,
     TASKS,
+    VAE_DTYPES,
     Painter,
     Painting,
     PaintParams,
     PaintRequest,
     check_params,
+    compile_mode,
     device_choice,
     valid_vae_tile_pixels,
 )
@@ -185,17 +187,21 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         noise_device: str = "cpu",
         kind: str = "dim",
         share_across_processes: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
         vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
         run_id: str = "",
+        vae_dtype: str = "auto",
     ):
         """``device``: ``painter.device`` (one replica per device it names; see ``resolve_devices``).
         ``run_id``: the run painted for; a batch size halved after an out-of-memory error holds for the rest
         of that run in this process (its chunks are pipelines of their own), and for no other run.
         ``share_across_processes`` is Beam's ``large_model``: one model per machine for all SDK processes.
-        ``compile``: run the painter's denoiser through ``torch.compile``. ``vae_tile_pixels``: outputs with
-        more pixels than this decode in tiles (bounded memory, approximate seams); None never tiles. The
-        output size itself comes with ``params`` (``resolution``, ``aspect``)."""
+        ``compile``: False, or the ``torch.compile`` mode of the painter's denoiser (``default``,
+        ``max-autotune``; True = ``default``). ``vae_tile_pixels``: outputs with more pixels than this decode
+        in tiles (bounded memory, approximate seams); None never tiles. ``vae_dtype``: ``auto`` (as DIM: the
+        VAE computes in float32 on its half-rounded weights when the painter runs in a half type) or
+        ``same`` (in the painter's dtype). The output size itself comes with ``params`` (``resolution``,
+        ``aspect``)."""
         if kind not in KINDS:
             raise ValueError(f"painter kind must be one of {KINDS}, got {kind!r}")
         if task not in TASKS:
@@ -204,8 +210,9 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             raise ValueError(f"painter dtype must be one of {DTYPES}, got {dtype!r}")
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"painter noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
-        if not isinstance(compile, bool):
-            raise ValueError(f"painter compile must be true or false, got {compile!r}")
+        compile = compile_mode(compile) or False  # its error names the choices
+        if vae_dtype not in VAE_DTYPES:
+            raise ValueError(f"painter vae_dtype must be one of {VAE_DTYPES}, got {vae_dtype!r}")
         if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(
                 f"painter vae_tile_pixels must be a positive integer or null, got {vae_tile_pixels!r}"
@@ -229,6 +236,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         self.compile = compile
         self.vae_tile_pixels = vae_tile_pixels
         self.run_id = run_id
+        self.vae_dtype = vae_dtype
 
     def load_model(self) -> PainterReplicas:
         """One painter per selected device, loaded one after another (host memory peaks at one load)."""
@@ -247,6 +255,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
                     noise_device=self.noise_device,
                     compile=self.compile,
                     vae_tile_pixels=self.vae_tile_pixels,
+                    vae_dtype=self.vae_dtype,
                 ),
             )
             for name, device in zip(replica_names(devices), devices, strict=True)
@@ -330,6 +339,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
             self.noise_device,
             self.compile,
             self.vae_tile_pixels,
+            self.vae_dtype,
             self.batch_size,
         )
 

@@ -14,8 +14,9 @@ result for less work.
 The condition is constant over the denoising steps, so ``cross_condition`` runs the caption projection, the
 y-norm and every block's cross-attention key/value projections once per sampling call (see ``attention``);
 ``forward`` then runs the blocks with those keys/values. The null condition's keys/values are computed once
-for the longest condition of the batch (``y_embedding[:L]``) and shared by every unconditional row: a row of
-N tokens masks everything after its first N, i.e. it attends to exactly ``y_embedding[:N]``.
+for the longest condition of the batch (``y_embedding[:L]``), kept as one [1, heads, L, head_dim] tensor per
+block, and shared by every unconditional row without being copied per row: a row of N tokens masks
+everything after its first N, i.e. it attends to exactly ``y_embedding[:N]``.
 """
 
 from __future__ import annotations
@@ -28,25 +29,37 @@ import torch
 from diffusers import SanaTransformer2DModel
 from torch import nn
 
-from transforms.painter.dim.attention import CachedCrossAttnProcessor, CrossKV, key_bias, project_kv
+from transforms.painter.dim.attention import (
+    CachedCrossAttnProcessor,
+    CrossKV,
+    fold_bias,
+    key_bias,
+    project_kv,
+)
 
 
 @dataclass
 class CrossCondition:
     """Cross-attention inputs of one sampling call, for rows ``[uncond rows, cond rows]`` (or cond only).
 
-    ``keys``/``values``: one [B, heads, L, head_dim] tensor per block; ``bias``: [B, 1, 1, L] additive mask, or
-    None when no row is padded; ``lengths``: each row's real token count.
+    ``keys``/``values``: the B conditional rows', one [B, heads, L, head_dim] tensor per block; ``bias``:
+    [B, 1, 1, L] additive mask, or None when no row is padded (the unconditional rows share it: row b of
+    either branch has the same length); ``lengths``: each conditional row's real token count;
+    ``null_keys``/``null_values``: the null condition's, one [1, heads, L, head_dim] tensor per block, shared
+    by the B unconditional rows (None: no unconditional rows).
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     bias: torch.Tensor | None
     lengths: tuple[int, ...]
+    null_keys: list[torch.Tensor] | None = None
+    null_values: list[torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
-        return len(self.lengths)
+        """Rows of the DiT batch these keys/values serve (2B with the null condition)."""
+        return len(self.lengths) * (1 if self.null_keys is None else 2)
 
 
 class DimDiT(nn.Module):
@@ -80,10 +93,11 @@ class DimDiT(nn.Module):
         transformer = self.transformer
         return transformer.caption_norm(transformer.caption_projection(captions))
 
-    def caption_kv(self, captions: torch.Tensor) -> list[CrossKV]:
-        """Every block's cross-attention keys/values for captions [B, L, caption_channels]."""
+    def caption_kv(self, captions: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every block's cross-attention keys and values for captions [B, L, caption_channels]."""
         projected = self.project_captions(captions)
-        return [project_kv(block.attn2, projected) for block in self.transformer.transformer_blocks]
+        pairs = [project_kv(block.attn2, projected) for block in self.transformer.transformer_blocks]
+        return [key for key, _ in pairs], [value for _, value in pairs]
 
     def cross_condition(
         self, conditions: Sequence[torch.Tensor], *, with_null: bool, pad_multiple: int = 1
@@ -92,7 +106,7 @@ class DimDiT(nn.Module):
 
         Conditions [N_i, caption_channels] are zero-padded to the longest (rounded up to ``pad_multiple``,
         which suits fused GPU attention kernels) and masked. With ``with_null`` the null keys/values are
-        computed once, from ``y_embedding[:L]``, and shared by the unconditional rows.
+        computed once, from ``y_embedding[:L]``, and shared by the unconditional rows (batch 1, not copied).
         """
         if not conditions:
             raise ValueError("no conditions")
@@ -108,26 +122,20 @@ class DimDiT(nn.Module):
             padded = min(padded, self.max_condition_length)
         dtype = self.y_embedding.dtype
         captions = pad_conditions(conditions, dtype=dtype, length=padded)
-        kv = self.caption_kv(captions)
+        keys, values = self.caption_kv(captions)
+        null_keys = null_values = None
         if with_null:
-            null = self.caption_kv(self.null_condition(padded)[None])
-            rows = len(conditions)
-            kv = [
-                CrossKV(
-                    torch.cat([n.key.expand(rows, -1, -1, -1), c.key]),
-                    torch.cat([n.value.expand(rows, -1, -1, -1), c.value]),
-                )
-                for n, c in zip(null, kv, strict=True)
-            ]
-            lengths = lengths + lengths
+            null_keys, null_values = self.caption_kv(self.null_condition(padded)[None])
         bias = None
         if any(length != padded for length in lengths):
             bias = key_bias(lengths, padded, dtype, self.y_embedding.device)
         return CrossCondition(
-            keys=[pair.key for pair in kv],
-            values=[pair.value for pair in kv],
+            keys=keys,
+            values=values,
             bias=bias,
             lengths=tuple(lengths),
+            null_keys=null_keys,
+            null_values=null_values,
         )
 
     # ------------------------------------------------------------------------------------------ per step
@@ -149,7 +157,8 @@ class DimDiT(nn.Module):
                 f"a cross condition for {conditions.batch_size} rows, a batch of {latents.shape[0]}"
             )
         step = self.step if self._compiled_step is None else self._compiled_step
-        return step(latents, timestep, conditions.keys, conditions.values, conditions.bias)
+        c = conditions
+        return step(latents, timestep, c.keys, c.values, c.bias, c.null_keys, c.null_values)
 
     def step(
         self,
@@ -158,17 +167,28 @@ class DimDiT(nn.Module):
         keys: list[torch.Tensor],
         values: list[torch.Tensor],
         bias: torch.Tensor | None,
+        null_keys: list[torch.Tensor] | None = None,
+        null_values: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """SanaTransformer2DModel's forward with the caption stage done beforehand (tensors only: compilable)."""
+        """SanaTransformer2DModel's forward with the caption stage done beforehand (tensors only: compilable).
+        With ``null_keys``/``null_values`` the first half of ``latents`` are the unconditional rows."""
         transformer = self.transformer
         batch, _, height, width = latents.shape
         patch = transformer.config.patch_size
         rows, cols = height // patch, width // patch
         hidden = transformer.patch_embed(latents)
         temb, embedded = transformer.time_embed(timestep, batch_size=batch, hidden_dtype=hidden.dtype)
-        for block, key, value in zip(transformer.transformer_blocks, keys, values, strict=True):
-            # The block hands encoder_hidden_states and the mask to attn2 untouched: CachedCrossAttnProcessor.
-            hidden = block(hidden, None, CrossKV(key, value), bias, temb, rows, cols)
+        blocks = transformer.transformer_blocks
+        null_bias = None
+        if null_keys is None or null_values is None:
+            null_keys = null_values = [None] * len(blocks)
+        else:
+            null_bias = fold_bias(bias, rows * cols)  # once per step, for every block
+        layers = zip(blocks, keys, values, null_keys, null_values, strict=True)
+        for block, key, value, null_key, null_value in layers:
+            kv = CrossKV(key, value, bias, null_key, null_value, null_bias)
+            # The block hands encoder_hidden_states to attn2 untouched: CachedCrossAttnProcessor takes it.
+            hidden = block(hidden, None, kv, None, temb, rows, cols)
         hidden = transformer.norm_out(hidden, embedded, transformer.scale_shift_table)
         hidden = transformer.proj_out(hidden)
         hidden = hidden.reshape(batch, rows, cols, patch, patch, -1).permute(0, 5, 1, 3, 2, 4)

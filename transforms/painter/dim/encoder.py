@@ -8,11 +8,20 @@ the last hidden state (after the final norm) of the tokens strictly between ``<|
 
 The source goes to the encoder as the reference's vision helper prepares it: RGBA composited on white,
 otherwise converted to RGB, then resized (bicubic) to a square of ``encoder_image_size``.
+
+A micro-batch's rows are encoded in one forward (``encode_batch``), padded on the right as DIM's processor
+is (``padding_side='right'`` in showlab/DIM ``infer/demo_edit.py``) with the attention mask: the model is
+causal, so a row's real tokens never see the padding after them, and Qwen2.5-VL's 3-D rope positions are
+computed from the mask (``get_rope_index``), so they are the row's positions alone; each image goes through
+the vision tower as its own sequence (``cu_seqlens``). Rows with and without an image mix freely. A row's
+condition is therefore the one it has alone, up to floating-point rounding of the larger matrix products
+(one row alone is exactly the single-row forward).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,15 +107,31 @@ class ConditionEncoder:
             raise ValueError(f"row {key!r}: the prompt contains tokenizer control tokens {found}")
 
     def inputs(self, prompt: str, image: Image.Image | None):
-        """Processor inputs for the one-turn conversation. The prompt is stripped (the reference's designer
-        output is), which also keeps ``user\n`` a token pair of its own for ``user_span``."""
-        content: list[dict] = [{"type": "image"}] if image is not None else []
-        content.append({"type": "text", "text": prompt.strip()})
-        text = self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=False
+        """Processor inputs for one row's one-turn conversation (see ``batch_inputs``)."""
+        return self.batch_inputs([prompt], [image])
+
+    def batch_inputs(self, prompts: Sequence[str], images: Sequence[Image.Image | None]):
+        """Processor inputs for each row's one-turn conversation, right-padded to the longest row, with the
+        attention mask. The prompt is stripped (the reference's designer output is), which also keeps
+        ``user\n`` a token pair of its own for ``user_span``. ``images[i]`` None: a text-only row."""
+        if len(prompts) != len(images) or not prompts:
+            raise ValueError(
+                f"{len(prompts)} prompts and {len(images)} images: one of each per row, at least one"
+            )
+        texts = []
+        for prompt, image in zip(prompts, images, strict=True):
+            content: list[dict] = [{"type": "image"}] if image is not None else []
+            content.append({"type": "text", "text": prompt.strip()})
+            texts.append(
+                self.processor.apply_chat_template(
+                    [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=False
+                )
+            )
+        # The processor hands the images to the image placeholders in order, row by row.
+        pictures = [encoder_image(image, self.image_size) for image in images if image is not None]
+        return self.processor(
+            text=texts, images=pictures or None, padding=True, padding_side="right", return_tensors="pt"
         )
-        images = [encoder_image(image, self.image_size)] if image is not None else None
-        return self.processor(text=[text], images=images, return_tensors="pt")
 
     def user_span(self, input_ids: torch.Tensor) -> tuple[int, int]:
         """[begin, end) of the single user turn's content in a 1-D id sequence."""
@@ -122,15 +147,28 @@ class ConditionEncoder:
             raise ValueError("the user turn is not closed by <|im_end|>") from None
         return begin, end
 
-    @torch.inference_mode()
     def encode(self, prompt: str, image: Image.Image | None) -> Condition:
-        batch = self.inputs(prompt, image)
+        return self.encode_batch([prompt], [image])[0]
+
+    @torch.inference_mode()
+    def encode_batch(self, prompts: Sequence[str], images: Sequence[Image.Image | None]) -> list[Condition]:
+        """Each row's condition, from one forward over the right-padded batch."""
+        batch = self.batch_inputs(prompts, images)
+        mask = batch["attention_mask"]
+        lengths = mask.sum(dim=1).tolist()
+        for row, length in enumerate(lengths):  # right padding: a row's real tokens come first
+            if not bool(mask[row, :length].all()) or bool(mask[row, length:].any()):
+                raise ValueError(f"encoder input row {row} is not right-padded")
         device = self.model.device
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
         # The base model (no lm_head): its last_hidden_state is after the final norm, as hidden_states[-1] was
         # in the reference.
-        hidden = self.model.model(**batch, use_cache=False).last_hidden_state[0]
-        begin, end = self.user_span(batch["input_ids"][0].cpu())
-        return Condition(hidden=hidden[begin:end], token_ids=batch["input_ids"][0, begin:end].cpu())
+        hidden = self.model.model(**batch, use_cache=False).last_hidden_state
+        ids = batch["input_ids"].cpu()
+        conditions = []
+        for row, length in enumerate(lengths):
+            begin, end = self.user_span(ids[row, :length])
+            conditions.append(Condition(hidden=hidden[row, begin:end], token_ids=ids[row, begin:end]))
+        return conditions

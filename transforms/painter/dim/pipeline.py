@@ -1,11 +1,13 @@
 """DimPainter: requests -> images with the loaded DIM modules (our own loop: SanaPipeline cannot do the
 channel concatenation the edit model needs).
 
-Per batch: each row's condition (encoder -> projector, one row at a time, so a row's condition does not
-depend on its neighbours), its null condition (first N rows of y_embedding), its source latent (edit), its
-own seeded noise; then one DiT forward per step on [uncond rows, cond rows], guidance, DPM-Solver++ step;
-decode; quantise. On CPU the rows of a batch go through one at a time (``row_by_row``), so an image is
-bit-identical whatever batch or worker painted it.
+Per batch: the rows' conditions (encoder -> projector; on accelerators the micro-batch's rows in one
+right-padded, masked encoder forward, where a row's condition equals its condition alone up to rounding),
+the null condition (first N rows of y_embedding, its keys/values computed once and shared by every row),
+each row's source latent (edit) and its own seeded noise; then one DiT forward per step on [uncond rows,
+cond rows], guidance, DPM-Solver++ step; decode; quantise. On CPU the rows of a batch go through one at a
+time (``row_by_row``: encoder, DiT and VAE), so an image is bit-identical whatever batch or worker painted
+it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transforms.painter.base import (
     PaintRequest,
     check_params,
     check_request,
+    compile_mode,
     decode_source,
     source_size,
     valid_vae_tile_pixels,
@@ -72,22 +75,36 @@ class DimPainter:
         device: torch.device,
         noise_device: str = "cpu",
         row_by_row: bool | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
         prefetch: bool | None = None,
+        vae_dtype: str = "auto",
     ):
-        """``row_by_row`` runs the DiT and VAE one row at a time, which makes every image bit-identical
-        whatever batch it came in (kernels see the same shapes); the default is on for CPU, where batching
-        gains little, and off for accelerators, where batching is the point and rows agree to within
-        rounding. ``compile`` runs the DiT's per-step forward through ``torch.compile`` (the first batches of
-        each new shape pay for compilation). ``vae_tile_pixels``: outputs with more pixels than this decode
-        tile by tile (None: never). ``prefetch``: ``paint`` decodes and resizes the next micro-batch's sources
-        on a background thread while the current one is on the device (the images are the same either way);
-        the default is on for accelerators and off for CPU, where the device is the same few cores."""
+        """``row_by_row`` runs the encoder, DiT and VAE one row at a time, which makes every image
+        bit-identical whatever batch it came in (kernels see the same shapes); the default is on for CPU,
+        where batching gains little, and off for accelerators, where batching is the point and rows agree to
+        within rounding. ``compile``: False, or a ``torch.compile`` mode (``default``, ``max-autotune``:
+        autotuned kernels and, on CUDA, CUDA graphs; True means ``default``) for the DiT's per-step forward
+        (the first batches of each new shape pay for compilation). ``vae_tile_pixels``: outputs with more
+        pixels than this decode tile by tile (None: never). ``prefetch``: ``paint`` decodes and resizes the
+        next micro-batch's sources on a background thread while the current one is on the device (the images
+        are the same either way); the default is on for accelerators and off for CPU, where the device is the
+        same few cores. ``vae_dtype``: ``auto`` runs the VAE as DIM does when ``dtype`` is a half type
+        (float32 under autocast on CUDA; elsewhere float32 on the half-rounded weights, which
+        ``load_dim_painter`` prepares), ``same`` in ``dtype``; see ``vae.vae_precision``."""
         if noise_device not in NOISE_DEVICES:
             raise ValueError(f"noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
         if not valid_vae_tile_pixels(vae_tile_pixels):
             raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
+        self.vae_precision = vae.vae_precision(vae_dtype, dtype, device)
+        held = {p.dtype for p in modules.vae.parameters()}
+        if held != {self.vae_precision.weight_dtype}:
+            raise ValueError(
+                f"vae_dtype {vae_dtype!r} with dtype {dtype} on {device.type} runs the VAE with "
+                f"{self.vae_precision.weight_dtype} weights, but the loaded VAE holds "
+                f"{sorted(map(str, held))} (load_dim_painter prepares them)"
+            )
+        self.vae_dtype = vae_dtype
         self.name = name
         self.task = task
         self.arch = arch
@@ -98,9 +115,9 @@ class DimPainter:
         self.device = device
         self.noise_device = noise_device
         self.row_by_row = device.type == "cpu" if row_by_row is None else row_by_row
-        self.compile = bool(compile)
+        self.compile: str | bool = compile_mode(compile) or False  # a torch.compile mode, or False: eager
         if self.compile and not modules.dit.compiled:
-            modules.dit.enable_compile()
+            modules.dit.enable_compile(mode=self.compile)
         self.vae_tile_pixels = vae_tile_pixels
         vae.set_tile_geometry(modules.vae)
         self.prefetch = device.type != "cpu" if prefetch is None else bool(prefetch)
@@ -116,12 +133,27 @@ class DimPainter:
 
     # ------------------------------------------------------------------------------------------ stages
 
-    @torch.inference_mode()
     def condition(self, prompt: str, source: Image.Image | None) -> torch.Tensor:
         """Projected condition [N, caption_channels]; longer than the null condition keeps the last tokens."""
-        hidden = self.encoder.encode(prompt, source).hidden
-        projected = self.modules.projector(hidden.to(self.dtype))
-        return projected[-self.arch.max_condition_length :]
+        return self.conditions([prompt], [source])[0]
+
+    @torch.inference_mode()
+    def conditions(self, prompts: Sequence[str], sources: Sequence[Image.Image | None]) -> list[torch.Tensor]:
+        """Each row's projected condition. ``row_by_row``: one encoder forward and projector call per row (the
+        shapes a row has alone, so bit-identical in any batch); otherwise one encoder forward over the
+        right-padded rows and one projector call over all their tokens (equal to the rows alone up to
+        rounding, see ``encoder``)."""
+        if self.row_by_row:
+            hidden = [
+                self.encoder.encode_batch([p], [s])[0].hidden for p, s in zip(prompts, sources, strict=True)
+            ]
+            projected = [self.modules.projector(h.to(self.dtype)) for h in hidden]
+        else:
+            hidden = [condition.hidden for condition in self.encoder.encode_batch(prompts, sources)]
+            projected = self.modules.projector(torch.cat(hidden).to(self.dtype)).split(
+                [h.shape[0] for h in hidden]
+            )
+        return [row[-self.arch.max_condition_length :] for row in projected]
 
     @torch.inference_mode()
     def prepare(
@@ -135,15 +167,14 @@ class DimPainter:
             raise ValueError(
                 f"staged sources for {len(staged.encoder_images)} rows, a batch of {len(requests)}"
             )
-        # The encoder re-applies its resize to the staged image: a no-op copy, so the condition is the same.
-        conditions = [
-            self.condition(r.prompt, s) for r, s in zip(requests, staged.encoder_images, strict=True)
-        ]
+        # The encoder re-applies its resize to the staged image: a no-op, so the condition is the same.
+        conditions = self.conditions([r.prompt for r in requests], staged.encoder_images)
         latents = None
         if self.task == "edit":
             pixels = torch.stack([vae.array_pixels(array) for array in staged.arrays])
-            pixels = pixels.to(device=self.device, dtype=self.dtype)
-            latents = vae.encode(self.modules.vae, pixels, self.arch.scaling_factor)
+            pixels = pixels.to(device=self.device, dtype=self.vae_precision.input_dtype)
+            with self.vae_precision.context():
+                latents = vae.encode(self.modules.vae, pixels, self.arch.scaling_factor)
         return _Prepared(conditions=conditions, source_latents=latents, size=staged.size)
 
     def output_size(self, request: PaintRequest, params: PaintParams) -> tuple[int, int]:
@@ -182,10 +213,15 @@ class DimPainter:
         return _Staged(size=size, encoder_images=encoder_images, arrays=arrays)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> float images [B, 3, H, W] in about [-1, 1]; tiled above ``vae_tile_pixels``."""
-        return vae.decode(
-            self.modules.vae, latents.to(self.dtype), self.arch.scaling_factor, self.vae_tile_pixels
-        )
+        """Scaled latents -> float images [B, 3, H, W] in about [-1, 1]; tiled above ``vae_tile_pixels``;
+        in ``vae_precision`` (as DIM by default)."""
+        with self.vae_precision.context():
+            return vae.decode(
+                self.modules.vae,
+                latents.to(self.vae_precision.input_dtype),
+                self.arch.scaling_factor,
+                self.vae_tile_pixels,
+            )
 
     @torch.inference_mode()
     def render(self, requests: Sequence[PaintRequest], params: PaintParams) -> torch.Tensor:
@@ -230,9 +266,7 @@ class DimPainter:
         dit = self.modules.dit
         use_cfg = guidance_scale != 1.0
         copies = 2 if use_cfg else 1
-        cross = dit.cross_condition(
-            prepared.conditions, with_null=use_cfg, pad_multiple=8 if self.device.type == "cuda" else 1
-        )
+        cross = dit.cross_condition(prepared.conditions, with_null=use_cfg, pad_multiple=self._pad_multiple())
         source = None if prepared.source_latents is None else prepared.source_latents.to(self.dtype)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -246,6 +280,14 @@ class DimPainter:
             return sampler.guided(v_uncond, v_cond, guidance_scale)
 
         return velocity
+
+    def _pad_multiple(self) -> int:
+        """Conditions are padded (and masked) to a multiple of this many tokens: 8 suits fused CUDA attention
+        kernels; with CUDA graphs (``max-autotune``) every new shape records a new graph, so lengths are
+        rounded to 64 (up to ~5% more cross-attention keys at ~1,400 tokens, 8x fewer shapes). 1 on CPU."""
+        if self.device.type != "cuda":
+            return 1
+        return 64 if self.compile == "max-autotune" else 8
 
     # ------------------------------------------------------------------------------------------ seam
 
@@ -272,6 +314,7 @@ class DimPainter:
             "steps": params.steps,
             "guidance_scale": float(params.guidance_scale),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "vae_dtype": self.vae_precision.label,
             "device": str(self.device),
             "batch_size": len(requests),
         }
@@ -326,14 +369,22 @@ def load_dim_painter(
     dtype: torch.dtype,
     device: torch.device,
     noise_device: str = "cpu",
-    compile: bool = False,
+    compile: bool | str = False,
     vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
+    vae_dtype: str = "auto",
 ) -> DimPainter:
-    """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones)."""
+    """Resolve, fingerprint and load a checkpoint (the same path for ``tiny`` and real ones). The VAE's
+    weights are loaded in ``dtype`` (rounded as DIM's ``model.bfloat16()`` rounds them), then held in the
+    dtype ``vae_dtype`` calls for (float32 for ``auto`` with a half dtype off CUDA)."""
+    precision = vae.vae_precision(vae_dtype, dtype, device)  # a bad setting fails before any weight is read
+    compile_mode(compile)
     folder = resolve_checkpoint(checkpoint, task)
     arch = ckpt.read_arch(folder, task)
     sha = ckpt.file_sha256(folder / ckpt.MODEL_FILE)
     modules = ckpt.load_modules(folder, arch, dtype=dtype, device=device)
+    if precision.weight_dtype != dtype:
+        # nn.Module.to: diffusers' override warns about fp32-kept modules that this VAE does not have.
+        torch.nn.Module.to(modules.vae, dtype=precision.weight_dtype)
     processor = load_processor(ckpt.processor_folder(folder, arch))
     encoder = ConditionEncoder(modules.encoder, processor, arch.encoder_image_size)
     return DimPainter(
@@ -348,6 +399,7 @@ def load_dim_painter(
         noise_device=noise_device,
         compile=compile,
         vae_tile_pixels=vae_tile_pixels,
+        vae_dtype=vae_dtype,
     )
 
 

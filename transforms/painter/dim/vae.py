@@ -9,6 +9,32 @@ the reference's transform. Latents are ``encode(x).latent * scaling_factor``; de
 Output quantisation matches ``torchvision.utils.save_image(normalize=True, value_range=(-1, 1))``: clamp,
 (x + 1) / 2, x*255 + 0.5, truncate. torchvision itself is not needed.
 
+Precision (``painter.vae_dtype``). What DIM does (showlab/DIM): ``DIMDecoder.generate`` encodes the source
+with ``raw_images.to(self.vae_dtype)`` inside ``torch.autocast(device_type="cuda", dtype=self.vae_dtype)``
+and ``DIMDecoder.latents2image`` decodes the same way (``models/modeling_dim.py``); ``self.vae_dtype`` is
+``sana.vae_dtype`` (``models/sana_pipeline.py``: ``get_weight_dtype(config.vae.weight_dtype)``), and
+``AEConfig.weight_dtype`` defaults to ``"float32"`` (``models/diffusion/utils/config.py``), which the released
+configs (``models/sana1-5_config/1024ms/Sana_1600M_1024px_allqknorm_bf16_lr2e5*.yaml``) do not override.
+``infer/demo_edit.py`` then casts the whole model, VAE included, with ``model.bfloat16()``. So DIM's VAE
+holds bfloat16 weights and gets float32 inputs under a float32 CUDA autocast: the ops autocast casts
+(convolutions, linear layers, matrix products) compute in float32 on the bfloat16 weights' values, while
+the others keep their own dtypes; in particular diffusers' ``RMSNorm`` (the DC-AE's norm; diffusers 0.42)
+casts its normalised output to its bfloat16 weight's dtype and scales and shifts it in bfloat16, so those
+outputs are rounded to bfloat16.
+
+``vae_precision`` maps the setting to what this process does:
+
+- ``same``, or a float32 painter: the VAE runs plainly in the painter's dtype (what dimflow did before the
+  setting existed).
+- ``auto`` with a half painter dtype on CUDA: DIM's regime (half weights, float32 inputs, float32
+  autocast).
+- ``auto`` with a half painter dtype elsewhere (CPU, MPS): torch's autocast takes only half types there, so
+  the VAE runs in float32 on a float32 copy of its half-rounded weights (loaded in the painter's dtype, then
+  upcast): the same values DIM's convolutions and matrix products see, computed in float32 as DIM computes
+  them; the RMSNorm outputs, which DIM rounds to bfloat16 and scales in bfloat16, stay float32 here: the
+  one difference. Provenance names the regime (``vae_dtype``: ``float32-autocast`` vs
+  ``float32-from-bfloat16``).
+
 Large outputs decode in tiles with diffusers' own ``AutoencoderDC.tiled_decode`` (overlapping tiles,
 linearly blended), one row at a time, so the decoder's peak memory is that of one tile whatever the output
 size. Tiling is approximate (the decoder's attention sees one tile, and the seams are blended), so it is
@@ -17,12 +43,16 @@ used only above a pixel threshold; below it the decode is the plain one, bit for
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderDC
 from PIL import Image
+
+from transforms.painter.base import VAE_DTYPES
 
 # Tile geometry for tiled decoding, in output pixels: 1024 px tiles (one tile costs what one row of DIM's
 # native 1024^2 output costs untiled), 896 px apart, so neighbours overlap and blend over 128 px (the same
@@ -33,6 +63,48 @@ TILE_STRIDE = 896
 
 def build_vae(kwargs: dict[str, Any]) -> AutoencoderDC:
     return AutoencoderDC(**kwargs)
+
+
+@dataclass(frozen=True)
+class VaePrecision:
+    """How the VAE runs: weights held in ``weight_dtype``, inputs cast to ``input_dtype``, inside
+    ``torch.autocast(device_type, dtype=autocast_dtype)`` unless that is None. ``label`` is the provenance
+    ``vae_dtype`` value."""
+
+    weight_dtype: torch.dtype
+    input_dtype: torch.dtype
+    label: str
+    autocast_dtype: torch.dtype | None = None
+    device_type: str = "cpu"
+
+    def context(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def vae_precision(vae_dtype: str, dtype: torch.dtype, device: torch.device) -> VaePrecision:
+    """``painter.vae_dtype`` for a painter in ``dtype`` on ``device`` (see the module docstring)."""
+    if vae_dtype not in VAE_DTYPES:
+        raise ValueError(f"vae_dtype must be one of {VAE_DTYPES}, got {vae_dtype!r}")
+    if vae_dtype == "same" or dtype == torch.float32:
+        return VaePrecision(weight_dtype=dtype, input_dtype=dtype, label=_name(dtype))
+    if device.type == "cuda":  # as DIM: half weights, float32 inputs under a float32 autocast
+        return VaePrecision(
+            weight_dtype=dtype,
+            input_dtype=torch.float32,
+            label="float32-autocast",
+            autocast_dtype=torch.float32,
+            device_type="cuda",
+        )
+    # CPU/MPS autocast refuses float32 (torch warns and disables it): float32 on the half-rounded weights.
+    return VaePrecision(
+        weight_dtype=torch.float32, input_dtype=torch.float32, label=f"float32-from-{_name(dtype)}"
+    )
 
 
 def source_pixels(image: Image.Image, size: int | tuple[int, int]) -> torch.Tensor:
