@@ -464,7 +464,12 @@ def test_one_bad_row_in_a_batch_of_eight_fails_alone(bad):
     failed = [r for r in results if isinstance(r.inference, PaintFailure)]
     assert [r.example.key for r in failed] == [f"k{bad}"]
     assert failed[0].inference.error == f"ValueError: row 'k{bad}': the stand-in painter refuses {MARK}"
-    assert failed[0].inference.fields == {"batch_size": 1, "device": "cpu"}
+    assert failed[0].inference.fields == {
+        "batch_size": 1,
+        "device": "cpu",
+        "painter": "fake:edit",  # what is known of the painter without a painting
+        "checkpoint_sha256": "f" * 64,
+    }
     sizes = sorted(r.inference.fields["batch_size"] for r in results if r not in failed)
     assert sizes == [1, 2, 2, 4, 4, 4, 4]  # the clean half at 4, the clean quarter at 2, the neighbour alone
     assert sorted(len(keys) for _i, keys in log.calls) == [1, 1, 2, 2, 4, 4, 8]  # 7 tries for 8 rows
@@ -539,6 +544,11 @@ def test_one_marked_row_of_eight_fails_alone_end_to_end(tmp_path, fake_painters)
     (failed,) = [r for r in rows if r["status"] == "failed"]
     assert len(ok) == 7 and all(Path(r["output_uri"]).is_file() for r in ok)
     assert (failed["id"], failed["error_stage"], failed["batch_size"]) == ("row-005", "paint", 1)
+    assert (failed["painter"], failed["checkpoint_sha256"], failed["device"]) == (
+        "fake:edit",
+        "f" * 64,
+        "cpu",
+    )
     assert failed["error"] == f"ValueError: row 'row-005': the stand-in painter refuses {MARK}"
     assert sorted(r["batch_size"] for r in ok) == [1, 2, 2, 4, 4, 4, 4]
 

@@ -254,11 +254,14 @@ def test_compile_switch_is_plumbed_through_the_handler():
             ValueError, match=r"painter compile must be false, true \(= default\), default or max-autotune"
         ):
             PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile=bad)
-    off = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS).load_model()
+    (off,) = (
+        r.painter
+        for r in PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS).load_model().replicas
+    )
     assert off.compile is False and not off.modules.dit.compiled
     on = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile=True)
     assert on.compile == "default"  # true: the boolean this setting was before it took modes
-    painter = on.load_model()
+    (painter,) = (replica.painter for replica in on.load_model().replicas)
     assert painter.compile == "default" and painter.modules.dit.compiled  # compiled lazily, at the first step
     tuned = PainterModelHandler(checkpoint="tiny", task="edit", params=PARAMS, compile="max-autotune")
     assert tuned.compile == "max-autotune"

@@ -110,6 +110,7 @@ class PainterReplicas:
             raise ValueError(f"replicas must be one painter on several devices, got {sorted(identities)}")
         (identity,) = identities
         self.name, self.task, self.checkpoint_sha256 = identity
+        self.replicas = tuple(replicas)
         self.devices = tuple(replica.name for replica in replicas)
         self._idle: queue.SimpleQueue[Replica] = queue.SimpleQueue()
         for replica in replicas:
@@ -308,7 +309,16 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
                 self._limit_key(), self.batch_size, len(requests), f"{self.kind}:{self.checkpoint}", error
             )
         if len(requests) == 1:
-            fields = {"batch_size": 1} | ({"device": device} if device else {})
+            # What is known of the painter without a painting (attributes: None through a process proxy).
+            known = {name: getattr(model, name, None) for name in ("name", "checkpoint_sha256")}
+            fields = {
+                "batch_size": 1,
+                "painter": known["name"],
+                "checkpoint_sha256": known["checkpoint_sha256"],
+            }
+            fields = {k: v for k, v in fields.items() if v is not None} | (
+                {"device": device} if device else {}
+            )
             failure = PaintFailure(requests[0].key, error, fields)
             return [PredictionResult(example=requests[0], inference=failure)]
         return self._paint_pieces(requests, model, (len(requests) + 1) // 2)
