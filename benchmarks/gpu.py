@@ -40,8 +40,6 @@ import json
 import math
 import os
 import resource
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,7 +53,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.painter import GUIDANCE, bench_override, prompt, source_image  # noqa: E402
+from benchmarks.painter import GUIDANCE, bench_override, build_once, prompt, source_image  # noqa: E402
 from transforms.painter.base import PaintParams, PaintRequest  # noqa: E402
 from transforms.painter.dim import checkpoint as ckpt  # noqa: E402
 from transforms.painter.dim.config import ARCH_FORMAT, FULL_ARCH, resolve_arch  # noqa: E402
@@ -122,23 +120,17 @@ def ensure_checkpoint(preset: str, device: torch.device, cache_dir: str | None) 
     key = json.dumps([SUITE_VERSION, preset, weight_dtype])
     root = Path(cache_dir).expanduser() if cache_dir else ckpt.default_cache_dir()
     folder = root / f"gpu-bench-{preset}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (folder / ckpt.MODEL_FILE).is_file():
-        return folder, None
-    scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    scratch.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    command = [sys.executable, __file__, "--build-into", str(scratch), "--preset", preset]
-    command += ["--device", str(device), "--weights", weight_dtype]
-    try:
-        subprocess.run(command, check=True)
-        try:
-            os.replace(scratch, folder)
-        except OSError:  # another run built it meanwhile: use theirs
-            if not (folder / ckpt.MODEL_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder, time.perf_counter() - started
+    command = [
+        sys.executable,
+        __file__,
+        "--preset",
+        preset,
+        "--device",
+        str(device),
+        "--weights",
+        weight_dtype,
+    ]
+    return build_once(folder, command)
 
 
 # ---------------------------------------------------------------------------------------------- measuring

@@ -148,13 +148,20 @@ def ensure_checkpoint(args: argparse.Namespace) -> tuple[Path, float | None]:
     key = json.dumps([BENCH_VERSION, TINY_VERSION, depth, vae_depth, weight_dtype])
     root = Path(args.cache_dir).expanduser() if args.cache_dir else ckpt.default_cache_dir()
     folder = root / f"bench-{TASK}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    command = [sys.executable, __file__, "--weights", weight_dtype]
+    command += ["--full"] if args.full else ["--depth", str(args.depth), "--vae-depth", str(args.vae_depth)]
+    return build_once(folder, command)
+
+
+def build_once(folder: Path, command: list[str]) -> tuple[Path, float | None]:
+    """``folder``, built by ``command --build-into SCRATCH`` (a child process) unless it holds a checkpoint;
+    the build's seconds, or None when it was there. Atomic: a scratch folder renamed into place."""
     if (folder / ckpt.MODEL_FILE).is_file():
         return folder, None
     scratch = folder.with_name(folder.name + f".tmp{os.getpid()}")
     scratch.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    command = [sys.executable, __file__, "--build-into", str(scratch), "--weights", weight_dtype]
-    command += ["--full"] if args.full else ["--depth", str(args.depth), "--vae-depth", str(args.vae_depth)]
+    command = [*command, "--build-into", str(scratch)]
     try:
         subprocess.run(command, check=True)
         try:
