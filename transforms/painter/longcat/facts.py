@@ -30,8 +30,10 @@ What diffusers 0.42.1 does (read in .venv/.../diffusers/pipelines/longcat_image/
     shared by the call; ``generator`` may be a list of one generator per image (``prepare_latents`` draws
     each row's noise from its own generator via ``randn_tensor``), checked against the batch size.
   - T2I ``enable_prompt_rewrite`` defaults to True: it calls ``text_encoder.generate`` (up to 512 new
-    tokens) on the prompts, batched with padding, sampling from the generation config with torch's global
-    RNG, not the row's generator. A reproducible, per-row-seeded painter must pass False.
+    tokens) on all prompts of the call at once, padded together, and never gets the row's generator (if
+    the checkpoint's generation_config samples, it draws from torch's global RNG; LongCat's
+    generation_config.json was not seen). A per-row-seeded painter whose row must not depend on its batch
+    passes False.
   - Both pipelines hard-code 16 latent channels (transformer ``in_channels`` 64 after 2x2 packing), a fixed
     512-token text length, CFG when ``guidance_scale > 1`` (a second transformer pass per step), and the
     negative prompt '' encoded once (batch 1) for a batch of rows.
