@@ -53,6 +53,6 @@ def test_provenance_columns_match_design_contract():
         "output_uri output_sha256 started_at finished_at worker metadata versions"
     ).split()
     # DESIGN.md's columns keep their order; columns dimflow added since are listed here on purpose.
-    added = ["blueprint_run_id", "vae_dtype"]
+    added = ["blueprint_run_id", "vae_dtype", "painter_license"]
     assert [name for name in PROVENANCE_SCHEMA.names if name not in added] == expected
     assert set(PROVENANCE_SCHEMA.names) - set(expected) == set(added)
