@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import glob
@@ -344,7 +343,12 @@ def run_job(
         "versions": json.loads(versions),
         "checkpoint_sha256": keys.checkpoint_sha256,
         "painter_licenses": {
-            mode: {"checkpoint": spec.painter.checkpoints()[mode], **dataclasses.asdict(found)}
+            mode: {
+                "checkpoint": spec.painter.checkpoints()[mode],
+                "license": found.name,
+                "commercial_use": found.commercial_use,
+                "source": found.source,
+            }
             for mode, found in keys.painter_licenses.items()
         },
         "counts": summary.counts,
