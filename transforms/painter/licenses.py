@@ -81,7 +81,7 @@ _DIM = PainterLicense(
 
 
 def _apache(card: str, repo: str) -> PainterLicense:
-    return PainterLicense(APACHE_2, True, f"https://huggingface.co/{card} (license: apache-2.0); {repo}")
+    return PainterLicense(APACHE_2, True, f"{repo}; model card https://huggingface.co/{card}")
 
 
 _QWEN_REPO = (
