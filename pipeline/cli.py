@@ -251,7 +251,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     import json
 
     from pipeline.progress import summary_table
-    from pipeline.report import build_report
+    from pipeline.report import build_report, license_line
 
     try:
         report, run_table = build_report(args.output, args.run_id)
@@ -287,6 +287,14 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         f"skipped {report.by_status['skipped']:,}",
         highlight=False,
     )
+    if report.painter_licenses:
+        licenses = Table(title="painter licenses", title_justify="left")
+        for column in ("license", "use", "rows"):
+            licenses.add_column(column, overflow="fold")
+        for entry in report.painter_licenses:
+            name, use = license_line(entry)
+            licenses.add_row(text(name), use, f"{entry['rows']:,}")
+        console.print(licenses)
     if report.failures_by_kind:
         kinds = Table(title="failures by stage and kind", title_justify="left")
         for column in ("stage", "error kind", "rows"):

@@ -24,6 +24,7 @@ from transforms.manifest_stream import (
     ManifestLimits,
 )
 from transforms.painter.base import COMPILE_CHOICES, compile_mode, device_choice
+from transforms.painter.licenses import LICENSE_NAME
 
 
 class SpecError(ValueError):
@@ -93,12 +94,30 @@ class PainterSpec(_Strict):
     # auto: when dtype is bfloat16/float16 the VAE runs as DIM runs it (float32 compute on the half-rounded
     # weights: under a float32 autocast on CUDA, on a float32 copy elsewhere); same: in dtype.
     vae_dtype: Literal["auto", "same"] = "auto"
+    # The license of a local checkpoint folder or an HF id dimflow does not know (e.g. a fine-tune's): an SPDX
+    # id or the license's short name. Known checkpoints keep their own (transforms/painter/licenses.py).
+    license: str | None = None
+    # Refuse to start unless every checkpoint the job paints with is known to allow commercial use.
+    require_commercial_license: bool = False
 
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: object) -> str:
         choice = device_choice(value)  # ValueError naming the syntax; a YAML integer is a count
         return ",".join(choice) if isinstance(choice, tuple) else str(choice)
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, value: str | None) -> str | None:
+        """A license name as model cards spell it (SPDX ids are case-insensitive: kept in lower case)."""
+        if value is None:
+            return None
+        name = value.strip().lower()
+        if not LICENSE_NAME.fullmatch(name):
+            raise ValueError(
+                "must be a license name such as apache-2.0 or cc-by-nc-4.0 (letters, digits, . + _ -)"
+            )
+        return name
 
     @field_validator("compile", mode="before")
     @classmethod
