@@ -39,7 +39,7 @@ TRANSFORMER = {
     "axes_dims_rope": (8, 4, 4),
 }
 VAE = {
-    "base_dim": 8,
+    "base_dim": 4,
     "z_dim": 4,
     "dim_mult": [1, 2, 4, 4],
     "num_res_blocks": 1,
