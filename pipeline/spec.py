@@ -102,9 +102,10 @@ class PainterSpec(_Strict):
     @classmethod
     def _kind_defaults(cls, data: Any) -> Any:
         """Fields the spec leaves unset take the kind's defaults (an explicit null checkpoint stays null)."""
-        if not isinstance(data, dict) or data.get("kind", "dim") not in KINDS:
+        kind = data.get("kind", "dim") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or kind not in KINDS:
             return data  # the kind field's own validator names the choices
-        return {**KINDS[data.get("kind", "dim")].spec_defaults(), **data}
+        return {**KINDS[kind].spec_defaults(), **data}
 
     @field_validator("kind")
     @classmethod

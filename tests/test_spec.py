@@ -290,6 +290,8 @@ def test_painter_defaults_follow_the_kind(tmp_path):
             "painter.kind: Value error, painter kind must be one of dim, qwen-image-edit",
         ),
         (["painter.kind=7"], "painter.kind"),
+        (["painter.kind=[dim]"], "painter.kind"),
+        (["painter.kind=null"], "painter.kind"),
         (
             ["painter.kind=qwen-image-edit", "painter.compile=default"],
             "painter.compile applies to painter.kind dim",
