@@ -254,6 +254,7 @@ def painter_handler(spec: JobSpec, mode: str, run_id: str = "") -> PainterModelH
     return PainterModelHandler(
         checkpoint=painter.checkpoints()[mode],
         task=mode,
+        kind=painter.kind,
         params=paint_params(spec),
         dtype=painter.dtype,
         device=painter.device,

@@ -148,7 +148,7 @@ def job_keys(spec: JobSpec) -> edit.JobKeys:
         params = edit.paint_params(spec)
         for mode, checkpoint in spec.painter.checkpoints().items():
             try:
-                fingerprints[mode] = checkpoint_fingerprint(checkpoint, mode, params)
+                fingerprints[mode] = checkpoint_fingerprint(checkpoint, mode, params, spec.painter.kind)
             except ValueError as exc:
                 field = "checkpoint" if mode == "edit" else "t2i_checkpoint"
                 raise PreflightError(f"painter ({field} {checkpoint!r}): {exc}") from exc
