@@ -52,4 +52,4 @@ lint: venv
 	$(BIN)/ruff format --check pipeline transforms tests benchmarks k8s
 
 clean:
-	rm -rf $(VENV) $(TOOLS_VENV) build *.egg-info demo-output
+	rm -rf $(VENV) $(TOOLS_VENV) build *.egg-info demo-output demo-apache-output

@@ -20,10 +20,16 @@ from pipeline.terminal import printable, set_secret_env_names, text
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-TINY_WARNING = (
-    "a painter checkpoint is 'tiny': the painter is DIM's architecture at toy size with RANDOM weights. "
-    "Its images are noise-like and show only that the pipeline works, not what DIM-4.6B paints."
-)
+# painter.kind -> (architecture, model) named by the warning a 'tiny' checkpoint prints
+TINY_MODELS = {"dim": ("DIM's", "DIM-4.6B"), "qwen-image-edit": ("Qwen-Image-Edit's", "Qwen-Image-Edit")}
+
+
+def tiny_warning(kind: str) -> str:
+    architecture, model = TINY_MODELS.get(kind, (f"painter kind {kind}'s", kind))
+    return (
+        f"a painter checkpoint is 'tiny': the painter is {architecture} architecture at toy size with RANDOM "
+        f"weights. Its images are noise-like and show only that the pipeline works, not what {model} paints."
+    )
 
 
 def labelled(label: str, message: object, *, style: str = "red", keep_newlines: bool = False) -> Text:
@@ -141,7 +147,7 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
         return EXIT_BAD_INPUT
     set_secret_env_names(spec.secret_env_names())
     if "tiny" in spec.painter.checkpoints().values():
-        console.print(labelled("warning:", TINY_WARNING, style="yellow"))
+        console.print(labelled("warning:", tiny_warning(spec.painter.kind), style="yellow"))
     console.print(Text.assemble("dimflow: job ", text(spec.name, "bold"), ", manifest ", text(spec.manifest)))
     try:
         shard = shard_from_env(args.shard_index, args.num_shards)
@@ -251,7 +257,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     import json
 
     from pipeline.progress import summary_table
-    from pipeline.report import build_report
+    from pipeline.report import build_report, license_line
 
     try:
         report, run_table = build_report(args.output, args.run_id)
@@ -287,6 +293,14 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         f"skipped {report.by_status['skipped']:,}",
         highlight=False,
     )
+    if report.painter_licenses:
+        licenses = Table(title="painter licenses", title_justify="left")
+        for column in ("license", "use", "rows"):
+            licenses.add_column(column, overflow="fold")
+        for entry in report.painter_licenses:
+            name, use = license_line(entry)
+            licenses.add_row(text(name), use, f"{entry['rows']:,}")
+        console.print(licenses)
     if report.failures_by_kind:
         kinds = Table(title="failures by stage and kind", title_justify="left")
         for column in ("stage", "error kind", "rows"):

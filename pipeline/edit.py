@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +33,7 @@ from transforms.history import HistoryIndex
 from transforms.incremental import SkipRendered
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler, PaintFailure
+from transforms.painter.licenses import PainterLicense
 from transforms.provenance import RunContext, provenance_row
 from transforms.records import (
     STAGE_PAINT,
@@ -62,6 +63,9 @@ class JobKeys:
     painter_config: dict[str, Any]
     checkpoint_sha256: dict[str, str]  # mode (edit | t2i) -> sha256 of that checkpoint's weights
     default_seed: int
+    # mode -> the license of that checkpoint's weights (provenance ``painter_license``; not in the render
+    # key: it does not change pixels)
+    painter_licenses: dict[str, PainterLicense] = field(default_factory=dict)
 
     def design_key(self, record: EditRecord) -> str:
         return schema.design_key(
@@ -250,6 +254,7 @@ def painter_handler(spec: JobSpec, mode: str, run_id: str = "") -> PainterModelH
     return PainterModelHandler(
         checkpoint=painter.checkpoints()[mode],
         task=mode,
+        kind=painter.kind,
         params=paint_params(spec),
         dtype=painter.dtype,
         device=painter.device,
@@ -395,7 +400,12 @@ def build(
     joining ``blueprint_files`` / ``provenance_files`` in the pipeline.
     """
     limits = spec.limits
-    context = RunContext(run_id=run_id, versions_json=versions_json, scrub=Scrubber(spec.secret_env_names()))
+    context = RunContext(
+        run_id=run_id,
+        versions_json=versions_json,
+        scrub=Scrubber(spec.secret_env_names()),
+        painter_licenses={mode: found.name for mode, found in keys.painter_licenses.items()},
+    )
     manifest_limits = limits.manifest_limits()
     if chunk is not None:
         workers = pipeline.options.view_as(DirectOptions).direct_num_workers

@@ -19,6 +19,7 @@ from transforms.deadline import DeadlineExceeded, call_with_deadline
 from transforms.designer.base import DesignerSetupError
 from transforms.designer.registry import make_provider
 from transforms.manifest import ManifestLimits, match_manifest
+from transforms.painter.licenses import PainterLicense, painter_license, takes_declared_license
 from transforms.storage import UnsafeOutputError, check_output_folders, is_remote, write_atomic
 
 # dimflow's own folders under an output (they must be real folders, never links planted by someone).
@@ -110,3 +111,60 @@ def check_designer(spec: JobSpec) -> None:
         make_provider(spec.designer.model_dump()).preflight()
     except DesignerSetupError as exc:
         raise PreflightError(str(exc)) from exc
+
+
+CHECKPOINT_FIELDS = {"edit": "painter.checkpoint", "t2i": "painter.t2i_checkpoint"}
+
+
+def painter_licenses(spec: JobSpec) -> dict[str, PainterLicense]:
+    """mode (edit | t2i) -> the license of the checkpoint that paints it (``transforms.painter.licenses``).
+
+    A design run paints nothing: none. ``painter.license`` set where no checkpoint takes it (all of them are
+    presets or released checkpoints with a license of their own) is refused: a known license is not
+    relabelled, and a setting that does nothing must not look as if it did.
+    """
+    if spec.stage == "design":
+        return {}
+    painter = spec.painter
+    checkpoints = painter.checkpoints()
+    if painter.license is not None and not any(
+        takes_declared_license(painter.kind, checkpoint) for checkpoint in checkpoints.values()
+    ):
+        named = ", ".join(f"{CHECKPOINT_FIELDS[m]} {c!r}" for m, c in checkpoints.items())
+        raise PreflightError(
+            f"painter.license: {painter.license!r} applies only to local checkpoint folders and HF ids "
+            f"dimflow has no license for; {named} carry their own (README: Painter licenses)"
+        )
+    return {
+        mode: painter_license(
+            painter.kind,
+            checkpoint,
+            painter.license if takes_declared_license(painter.kind, checkpoint) else None,
+        )
+        for mode, checkpoint in checkpoints.items()
+    }
+
+
+def check_painter_license(spec: JobSpec) -> dict[str, PainterLicense]:
+    """With ``painter.require_commercial_license``, every checkpoint the job paints with must be known to
+    allow commercial use (a license that does not, and one not known, are both refused). Returns the
+    licenses by mode."""
+    licenses = painter_licenses(spec)
+    if not spec.painter.require_commercial_license:
+        return licenses
+    checkpoints = spec.painter.checkpoints()
+    for mode, found in licenses.items():
+        if found.commercial_use:
+            continue
+        why = "does not allow commercial use" if found.commercial_use is False else "is not known to allow it"
+        raise PreflightError(
+            f"painter.require_commercial_license: painter kind {spec.painter.kind!r}, "
+            f"{CHECKPOINT_FIELDS[mode]} {checkpoints[mode]!r} carries license {found.name!r}, which {why} "
+            f"({found.source}); choose a painter whose license allows commercial use (README: Painter licenses)"
+            + (
+                ", or declare the folder's license with painter.license"
+                if found.commercial_use is None
+                else ""
+            )
+        )
+    return licenses

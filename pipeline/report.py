@@ -2,8 +2,8 @@
 
 Queries run in duckdb over the Arrow table read through Beam's filesystems (local or gs://, no duckdb
 network extension). Numbers: rows by status, failures by stage and error kind, throughput, latency
-percentiles, designer tokens and cost (prices from the job spec), retries, and the same figures of
-the previous run for comparison.
+percentiles, designer tokens and cost (prices from the job spec), retries, the painters' weights licenses
+(rows per license, and whether it allows commercial use), and the same figures of the previous run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.run import read_provenance
+from transforms.painter.licenses import commercial_use
 from transforms.tables import SkippedFile, log_skipped
 
 STATUSES = ("ok", "failed", "skipped")
@@ -42,6 +43,9 @@ class RunReport:
     cost_by_designer: dict[str, float | None]
     retried_rows: int
     retries: int
+    # The painters' weights licenses of the run's rows: {license, commercial_use, rows}, most rows first;
+    # license None for rows with none recorded (failed before their mode was known, or older provenance).
+    painter_licenses: list[dict[str, Any]] = field(default_factory=list)
     previous: dict[str, Any] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     # Files under the output that were not read: damaged part files, older or incomplete writes,
@@ -205,7 +209,15 @@ def compute(con, run_id: str, spec: dict[str, Any]) -> RunReport:
         f"SELECT count(*), coalesce(sum(designer_attempts - 1), 0) FROM prov WHERE {where} AND designer_attempts > 1",
         p,
     )
+    licenses = [
+        {"license": name, "commercial_use": None if name is None else commercial_use(name), "rows": int(n)}
+        for name, n in con.execute(
+            f"SELECT painter_license, count(*) FROM prov WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1 NULLS LAST",
+            p,
+        ).fetchall()
+    ]
     return RunReport(
+        painter_licenses=licenses,
         run_id=run_id,
         rows=rows,
         by_status={s: int(counts.get(s, 0)) for s in STATUSES},
@@ -261,3 +273,12 @@ def build_report(output: str, run_id: str | None = None) -> tuple[RunReport, pa.
         }
     run_table = table.filter(pa.compute.equal(table.column("run_id"), chosen))
     return report, run_table
+
+
+def license_line(entry: dict[str, Any]) -> tuple[str, str]:
+    """(license, what it allows) of one ``painter_licenses`` entry, for the console and the HTML page."""
+    name = entry["license"]
+    if name is None:
+        return "(none recorded)", "rows that failed before their mode was known, or older provenance"
+    use = {True: "commercial use allowed", False: "NOT for commercial use", None: "commercial use not known"}
+    return name, use[entry["commercial_use"]]

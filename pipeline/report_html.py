@@ -1,6 +1,6 @@
 """`dimflow report --html`: one self-contained page (images and plots embedded as data URIs).
 
-Summary figures, three plots (latency histogram, throughput over time, failures by stage), a contact
+Summary figures, the painters' weights licenses (rows per license), three plots (latency histogram, throughput over time, failures by stage), a contact
 sheet of before/after thumbnails with instruction and blueprint (one page of ``max_pairs`` ok rows),
 and every failed row with its stage and error.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.report import RunReport
+from pipeline.report import RunReport, license_line
 
 THUMB_PX = 192
 MAX_FAILED_LISTED = 2000
@@ -152,6 +152,14 @@ def render_html(report: RunReport, run_table: pa.Table, *, max_pairs: int = 48, 
         *(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in _figures(report)),
         "</table>",
     ]
+    if report.painter_licenses:
+        parts.append(
+            "<h2>Painter licenses</h2><table class='licenses'><tr><th>license</th><th>use</th><th>rows</th></tr>"
+        )
+        for entry in report.painter_licenses:
+            name, use = license_line(entry)
+            parts.append(f"<tr><td>{esc(name)}</td><td>{esc(use)}</td><td>{entry['rows']:,}</td></tr>")
+        parts.append("</table>")
     if report.failures_by_kind:
         parts.append(
             "<h2>Failures by kind</h2><table><tr><th>stage</th><th>error kind</th><th>rows</th></tr>"

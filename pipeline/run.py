@@ -133,19 +133,22 @@ def _names_arg(beam_args: list[str], name: str) -> bool:
 
 
 def job_keys(spec: JobSpec) -> edit.JobKeys:
-    """Resolve what names outputs before the run starts (the checkpoint hash needs no model load).
+    """Resolve what names outputs before the run starts (the checkpoint hash needs no model load), and the
+    license of each mode's checkpoint (refused first when ``painter.require_commercial_license`` is not met).
 
     A design run paints nothing: it needs no painter weights (its pods may have none) and has no render
     keys. Otherwise each checkpoint is also checked against the job's sampling settings, so a setting the
     painter cannot paint (a resolution off its latent grid) refuses the job instead of failing every row.
     """
+    # First the licenses (no weights needed): a job refused for its painter's license downloads nothing.
+    licenses = preflight.check_painter_license(spec)
     designer = make_provider(spec.designer.model_dump())
     fingerprints = {}
     if spec.stage != "design":
         params = edit.paint_params(spec)
         for mode, checkpoint in spec.painter.checkpoints().items():
             try:
-                fingerprints[mode] = checkpoint_fingerprint(checkpoint, mode, params)
+                fingerprints[mode] = checkpoint_fingerprint(checkpoint, mode, params, spec.painter.kind)
             except ValueError as exc:
                 field = "checkpoint" if mode == "edit" else "t2i_checkpoint"
                 raise PreflightError(f"painter ({field} {checkpoint!r}): {exc}") from exc
@@ -154,6 +157,7 @@ def job_keys(spec: JobSpec) -> edit.JobKeys:
         painter_config=edit.painter_config(spec),
         checkpoint_sha256=fingerprints,
         default_seed=spec.painter.seed,
+        painter_licenses=licenses,
     )
 
 
@@ -338,6 +342,15 @@ def run_job(
         "beam_args": beam_args,
         "versions": json.loads(versions),
         "checkpoint_sha256": keys.checkpoint_sha256,
+        "painter_licenses": {
+            mode: {
+                "checkpoint": spec.painter.checkpoints()[mode],
+                "license": found.name,
+                "commercial_use": found.commercial_use,
+                "source": found.source,
+            }
+            for mode, found in keys.painter_licenses.items()
+        },
         "counts": summary.counts,
         "stage": spec.stage,
         "shard": None if shard is None else {"index": shard.index, "count": shard.count},

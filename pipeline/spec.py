@@ -24,6 +24,8 @@ from transforms.manifest_stream import (
     ManifestLimits,
 )
 from transforms.painter.base import COMPILE_CHOICES, compile_mode, device_choice
+from transforms.painter.kinds import KIND_NAMES, KINDS, get_kind
+from transforms.painter.licenses import LICENSE_NAME
 
 
 class SpecError(ValueError):
@@ -63,9 +65,12 @@ class DesignerSpec(_Strict):
 
 
 class PainterSpec(_Strict):
-    """The painter model and its sampling parameters (DIM's defaults)."""
+    """The painter model and its sampling parameters. The defaults written here are DIM's; with another
+    ``kind``, unset ``checkpoint``, ``t2i_checkpoint``, ``steps``, ``guidance_scale`` and ``resolution`` take
+    that kind's defaults (``transforms.painter.kinds``)."""
 
-    kind: Literal["dim"] = "dim"
+    # A registered painter kind: dim, qwen-image-edit, ...
+    kind: str = "dim"
     # Rows with a source are edits (painted by ``checkpoint``); rows without one are text-to-image
     # (painted by ``t2i_checkpoint``). A null checkpoint makes that kind of row fail at validation.
     checkpoint: str | None = "stdKonjac/DIM-4.6B-Edit"
@@ -93,12 +98,45 @@ class PainterSpec(_Strict):
     # auto: when dtype is bfloat16/float16 the VAE runs as DIM runs it (float32 compute on the half-rounded
     # weights: under a float32 autocast on CUDA, on a float32 copy elsewhere); same: in dtype.
     vae_dtype: Literal["auto", "same"] = "auto"
+    # The license of a local checkpoint folder or an HF id dimflow does not know (e.g. a fine-tune's): an SPDX
+    # id or the license's short name. Known checkpoints keep their own (transforms/painter/licenses.py).
+    license: str | None = None
+    # Refuse to start unless every checkpoint the job paints with is known to allow commercial use.
+    require_commercial_license: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """Fields the spec leaves unset take the kind's defaults (an explicit null checkpoint stays null)."""
+        kind = data.get("kind", "dim") if isinstance(data, dict) else None
+        if not isinstance(kind, str) or kind not in KINDS:
+            return data  # the kind field's own validator names the choices
+        return {**KINDS[kind].spec_defaults(), **data}
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        get_kind(value)  # ValueError naming the registered kinds
+        return value
 
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, value: object) -> str:
         choice = device_choice(value)  # ValueError naming the syntax; a YAML integer is a count
         return ",".join(choice) if isinstance(choice, tuple) else str(choice)
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, value: str | None) -> str | None:
+        """A license name as model cards spell it (SPDX ids are case-insensitive: kept in lower case)."""
+        if value is None:
+            return None
+        name = value.strip().lower()
+        if not LICENSE_NAME.fullmatch(name):
+            raise ValueError(
+                "must be a license name such as apache-2.0 or cc-by-nc-4.0 (letters, digits, . + _ -)"
+            )
+        return name
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -109,6 +147,23 @@ class PainterSpec(_Strict):
             return compile_mode(value) or False
         except ValueError:
             raise ValueError(f"must be {COMPILE_CHOICES}") from None  # the error list adds the value given
+
+    @model_validator(mode="after")
+    def _settings_of_the_kind(self) -> PainterSpec:
+        """A setting only another kind reads must keep its default: it would change nothing here."""
+        for other in KIND_NAMES:
+            if other == self.kind:
+                continue
+            for name in get_kind(other).only:
+                if (
+                    name not in get_kind(self.kind).only
+                    and getattr(self, name) != PainterSpec.model_fields[name].default
+                ):
+                    raise ValueError(
+                        f"painter.{name} applies to painter.kind {other} only; painter.kind is {self.kind} "
+                        f"(got {getattr(self, name)!r}; leave it unset)"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _some_checkpoint(self) -> PainterSpec:

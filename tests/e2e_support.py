@@ -136,8 +136,8 @@ def local_case(directory: Path, **extra) -> Case:
     return write_case(directory, str(directory / "out"), str(directory), put, extra or None)
 
 
-def check_statuses(table: pa.Table) -> None:
-    """Every manifest row once, with the expected status / stage / error."""
+def check_statuses(table: pa.Table, painter_kind: str = "dim") -> None:
+    """Every manifest row once, with the expected status / stage / error (painted by ``painter_kind``)."""
     rows = table.to_pylist()
     assert len(rows) == len(manifest_lines())
     by_id: dict[str | None, list[dict]] = {}
@@ -163,8 +163,12 @@ def check_statuses(table: pa.Table) -> None:
         assert row["painter"] and row["checkpoint_sha256"] and row["render_key"]
         assert row["output_uri"].endswith(f"images/{row['id']}/{row['render_key'][:16]}.png")
         assert row["blueprint"] == row["instruction"] and row["designer"] == "none"
+    # The painter's weights license, on every row whose mode is known (ok and failed alike): the tiny presets'.
+    for row in rows:
+        assert row["painter_license"] == ("apache-2.0" if row["mode"] else None), row
+    assert {r["status"] for r in rows if r["painter_license"]} == {"ok", "failed"}
     t2i = by_id["text-to-image"][0]
-    assert t2i["mode"] == "t2i" and t2i["source_uri"] is None and t2i["painter"] == "dim:tiny-t2i"
+    assert t2i["mode"] == "t2i" and t2i["source_uri"] is None and t2i["painter"] == f"{painter_kind}:tiny-t2i"
     assert {r["mode"] for r in ok if r["id"] != "text-to-image"} == {"edit"}
     assert len({r["checkpoint_sha256"] for r in ok}) == 2  # one edit and one t2i checkpoint
     rotated = by_id["rotated-exif"][0]

@@ -58,3 +58,27 @@ def test_demo_with_aspect_preserved(tmp_path):
         else:
             assert row["width"] > row["height"]  # landscape, like the sources
             assert abs(row["width"] * row["height"] - 64 * 64) <= 0.1 * 64 * 64  # about resolution²
+
+
+DEMO_APACHE = DEMO.with_name("demo-apache.yaml")
+
+
+def test_demo_apache_job_runs_offline_with_the_tiny_qwen_painter(tmp_path, capsys):
+    """jobs/demo-apache.yaml: the same manifest and counts, painted by painter.kind qwen-image-edit."""
+    output = tmp_path / "demo-apache-output"
+    assert cli.main(["run", str(DEMO_APACHE), "--no-progress", "--set", f"output={output}"]) == cli.EXIT_OK
+    table = read_provenance(str(output))
+    rows = table.to_pylist()
+    assert table.num_rows == 13
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert sorted(row["id"] for row in ok) == [
+        "backpack-001",
+        "lamp-001",
+        "mug-001",
+        "poster-001",
+        "sneaker-001",
+        "sneaker-002",
+    ]
+    assert {row["painter"] for row in ok} == {"qwen-image-edit:tiny-edit", "qwen-image-edit:tiny-t2i"}
+    assert {(row["steps"], row["guidance_scale"], row["width"]) for row in ok} == {(8, 4.0, 64)}
+    assert "Qwen-Image-Edit's architecture at toy size with RANDOM weights" in capsys.readouterr().err

@@ -29,8 +29,9 @@ def _ok_images(table) -> dict[str, tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    """One run through the CLI (the way users start it), shared by the assertions below."""
-    case = local_case(tmp_path_factory.mktemp("e2e"))
+    """One run through the CLI (the way users start it), shared by the assertions below. It requires a
+    commercially usable painter, which the tiny presets are (no third-party weights)."""
+    case = local_case(tmp_path_factory.mktemp("e2e"), painter={"require_commercial_license": True})
     console = io.StringIO()
     with contextlib.redirect_stderr(console):
         exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
@@ -71,6 +72,15 @@ def test_run_record(local_run):
     assert record["counts"] == {"ok": 6, "failed": 7, "skipped": 0}
     assert record["rows"] == table.num_rows == 13
     assert record["spec"]["painter"]["checkpoint"] == "tiny"
+    assert record["spec"]["painter"]["require_commercial_license"] is True
+    for mode in ("edit", "t2i"):
+        found = record["painter_licenses"][mode]
+        assert (found["checkpoint"], found["license"], found["commercial_use"]) == (
+            "tiny",
+            "apache-2.0",
+            True,
+        )
+        assert "no third-party weights" in found["source"]
     assert record["versions"]["apache-beam"] == "2.77.0"
     assert set(table.column("run_id").to_pylist()) == {record["run_id"]}
 

@@ -52,3 +52,30 @@ def test_failures_before_and_after_validation():
     assert rows[1]["mode"] == "t2i" and rows[1]["output_uri"] is None
     table = pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA)
     assert table.num_rows == 2
+
+
+def test_painter_license_follows_the_rows_mode_whatever_became_of_it():
+    """Every row whose mode is known carries the license its mode is painted under (ok, skipped, failed at any
+    stage after validation); rows that never became a manifest row, and modes the job has no checkpoint
+    for, carry none."""
+    context = RunContext(run_id="r1", versions_json="{}", painter_licenses={"edit": "dim-non-commercial"})
+    edit = ManifestRow("e", "white bg", "/data/e.png", None, None, RowRef("m.jsonl", 1))
+    t2i = ManifestRow("t", "a chair", None, None, None, RowRef("m.jsonl", 2))
+    items = [
+        EditRecord(edit, output_uri="/o.png"),  # ok
+        EditRecord(edit, skipped=True),  # skipped: painted by an earlier run under the same render key
+        Failure(EditRecord(edit), "fetch", "FileNotFoundError: /data/e.png not found"),
+        Failure(EditRecord(edit), "paint", "RuntimeError: out of memory"),
+        Failure(EditRecord(t2i), "validate", "source: missing, and painter.t2i_checkpoint is not set"),
+        Failure(None, "read", "m.jsonl row 3: line is not valid JSON", ref=RowRef("m.jsonl", 3)),
+    ]
+    rows = [provenance_row(item, context, now=3.0) for item in items]
+    assert [(r["status"], r["painter_license"]) for r in rows] == [
+        ("ok", "dim-non-commercial"),
+        ("skipped", "dim-non-commercial"),
+        ("failed", "dim-non-commercial"),
+        ("failed", "dim-non-commercial"),
+        ("failed", None),
+        ("failed", None),
+    ]
+    assert pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA).column("painter_license").null_count == 2

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,62 @@ def test_html_pairs_ok_rows_and_lists_failures(runs, tmp_path):
     assert len(page.failed_cells) == len(failed)
     for row in failed:
         assert any((row["id"] or "(unreadable row)") in cell for cell in page.failed_cells), row["id"]
+
+
+def test_painter_licenses_rows_per_license_in_json_text_and_html(runs, capsys, tmp_path):
+    output, first, _second = runs
+    report, table = build_report(output, first)
+    counts = Counter(r["painter_license"] for r in table.to_pylist())
+    assert {e["license"]: e["rows"] for e in report.painter_licenses} == dict(counts)
+    assert counts["apache-2.0"] >= 6 and counts[None] > 0  # rows that failed before their mode was known
+    assert {e["license"]: e["commercial_use"] for e in report.painter_licenses} == {
+        "apache-2.0": True,
+        None: None,
+    }
+    assert cli.main(["report", output, "--run", first]) == 0
+    text = capsys.readouterr().err
+    assert "painter licenses" in text and "commercial use allowed" in text and "(none recorded)" in text
+    path = tmp_path / "report.html"
+    assert cli.main(["report", output, "--run", first, "--html", str(path)]) == 0
+    page = path.read_text()
+    assert "<h2>Painter licenses</h2>" in page
+    assert (
+        f"<tr><td>apache-2.0</td><td>commercial use allowed</td><td>{counts['apache-2.0']:,}</td></tr>"
+        in page
+    )
+
+
+def test_a_non_commercial_license_is_flagged(tmp_path):
+    """Rows painted under DIM's license (written here: no real DIM weights offline) read as not for commercial
+    use; licenses are listed most rows first."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.report_html import render_html
+    from transforms.schema import PROVENANCE_SCHEMA
+
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    licenses = ["dim-non-commercial"] * 3 + ["acme-internal"] + [None]
+    rows = [
+        {"run_id": "r1", "id": f"row-{i}", "status": "ok", "finished_at": now, "painter_license": name}
+        for i, name in enumerate(licenses)
+    ]
+    folder = tmp_path / "provenance" / "run=r1"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA), folder / "part-00000-of-00001.parquet"
+    )
+    report, table = build_report(str(tmp_path))
+    assert report.painter_licenses == [
+        {"license": "dim-non-commercial", "commercial_use": False, "rows": 3},
+        {"license": "acme-internal", "commercial_use": None, "rows": 1},
+        {"license": None, "commercial_use": None, "rows": 1},
+    ]
+    page = render_html(report, table)
+    assert "<tr><td>dim-non-commercial</td><td>NOT for commercial use</td><td>3</td></tr>" in page
+    assert "<tr><td>acme-internal</td><td>commercial use not known</td><td>1</td></tr>" in page
 
 
 def test_report_reads_gcs(runs, gcs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 from transforms.schema import PROVENANCE_SCHEMA, design_key, render_key
@@ -53,6 +54,33 @@ def test_provenance_columns_match_design_contract():
         "output_uri output_sha256 started_at finished_at worker metadata versions"
     ).split()
     # DESIGN.md's columns keep their order; columns dimflow added since are listed here on purpose.
-    added = ["blueprint_run_id", "vae_dtype"]
+    added = ["blueprint_run_id", "vae_dtype", "painter_license"]
     assert [name for name in PROVENANCE_SCHEMA.names if name not in added] == expected
     assert set(PROVENANCE_SCHEMA.names) - set(expected) == set(added)
+
+
+def test_provenance_written_before_painter_license_still_reads(tmp_path):
+    """Part files from before the column existed read with it null, and the report counts those rows as
+    having no license recorded (columns are only ever added: README *Outputs*)."""
+    import datetime as dt
+
+    import pyarrow.parquet as pq
+
+    from pipeline.report import build_report
+    from pipeline.run import read_provenance
+
+    older = pa.schema([f for f in PROVENANCE_SCHEMA if f.name != "painter_license"])
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    rows = [
+        {"run_id": "r0", "id": f"row-{i}", "status": "ok", "mode": "edit", "finished_at": now}
+        for i in range(3)
+    ]
+    folder = tmp_path / "provenance" / "run=r0"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=older), folder / "part-00000-of-00001.parquet")
+
+    table = read_provenance(str(tmp_path))
+    assert table.schema == PROVENANCE_SCHEMA and table.num_rows == 3
+    assert table.column("painter_license").to_pylist() == [None] * 3
+    report, _rows = build_report(str(tmp_path))
+    assert report.painter_licenses == [{"license": None, "commercial_use": None, "rows": 3}]

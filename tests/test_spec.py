@@ -247,3 +247,63 @@ def test_vae_dtype_enters_the_key_only_where_it_changes_pixels(tmp_path, dtype):
     assert "vae_dtype" not in painter_config(same)
     auto = render_key_of(tmp_path, [f"painter.dtype={dtype}"])
     assert auto != render_key_of(tmp_path, [f"painter.dtype={dtype}", "painter.vae_dtype=same"])
+
+
+MINIMAL = "name: t\nmanifest: rows.jsonl\noutput: out\n"
+
+
+def test_painter_defaults_follow_the_kind(tmp_path):
+    """Unset sampling fields and checkpoints take the kind's defaults; dim's are the ones the spec always had
+    (so a spec without a kind keeps its render keys); what a spec sets wins, an explicit null included."""
+    from pipeline.edit import painter_config
+
+    plain = load_spec(write(tmp_path, MINIMAL))
+    dim = load_spec(write(tmp_path, MINIMAL), ["painter.kind=dim"])
+    assert plain.painter == dim.painter and painter_config(plain) == painter_config(dim)
+    assert (plain.painter.checkpoint, plain.painter.t2i_checkpoint) == ("stdKonjac/DIM-4.6B-Edit", None)
+    assert (plain.painter.steps, plain.painter.guidance_scale, plain.painter.resolution) == (30, 7.5, 1024)
+    qwen = load_spec(write(tmp_path, MINIMAL), ["painter.kind=qwen-image-edit"]).painter
+    assert (qwen.checkpoint, qwen.t2i_checkpoint) == ("Qwen/Qwen-Image-Edit-2511", None)
+    assert (qwen.steps, qwen.guidance_scale, qwen.resolution) == (40, 4.0, 1024)
+    overridden = load_spec(
+        write(tmp_path, MINIMAL),
+        [
+            "painter.kind=qwen-image-edit",
+            "painter.steps=12",
+            "painter.checkpoint=null",
+            "painter.t2i_checkpoint=tiny",
+            "painter.guidance_scale=1.0",
+        ],
+    ).painter
+    assert (overridden.steps, overridden.guidance_scale, overridden.resolution) == (12, 1.0, 1024)
+    assert (overridden.checkpoint, overridden.t2i_checkpoint) == (None, "tiny")
+    assert painter_config(load_spec(write(tmp_path, MINIMAL), ["painter.kind=qwen-image-edit"]))["kind"] == (
+        "qwen-image-edit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (
+            ["painter.kind=sana"],
+            "painter.kind: Value error, painter kind must be one of dim, qwen-image-edit",
+        ),
+        (["painter.kind=7"], "painter.kind"),
+        (["painter.kind=[dim]"], "painter.kind"),
+        (["painter.kind=null"], "painter.kind"),
+        (
+            ["painter.kind=qwen-image-edit", "painter.compile=default"],
+            "painter.compile applies to painter.kind dim",
+        ),
+        (
+            ["painter.kind=qwen-image-edit", "painter.vae_dtype=same"],
+            "painter.vae_dtype applies to painter.kind dim",
+        ),
+        (["painter.kind=qwen-image-edit", "painter.resolution=16000"], "painter.resolution"),
+    ],
+)
+def test_bad_painter_kinds_and_settings_name_the_field(tmp_path, overrides, fragment):
+    with pytest.raises(SpecError) as error:
+        load_spec(write(tmp_path, MINIMAL), overrides)
+    assert fragment in str(error.value)

@@ -26,6 +26,8 @@ class RunContext:
     run_id: str
     versions_json: str  # package versions, as JSON text
     scrub: Scrubber = field(default_factory=Scrubber)  # keeps API keys out of every stored text
+    # mode (edit | t2i) -> license name of the checkpoint that paints that mode (transforms/painter/licenses)
+    painter_licenses: dict[str, str] = field(default_factory=dict)
 
 
 def _timestamp(epoch: float | None) -> dt.datetime | None:
@@ -81,9 +83,13 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
     else:
         row["status"] = "skipped" if record.skipped else "ok"
     manifest = record.row
+    mode = "edit" if manifest.source else "t2i"
     row.update(
         id=manifest.id,
-        mode="edit" if manifest.source else "t2i",
+        mode=mode,
+        # whatever became of the row: the license its mode is painted under in this run (None where the job
+        # has no checkpoint for the mode, or paints nothing)
+        painter_license=context.painter_licenses.get(mode),
         source_uri=manifest.source,
         instruction=manifest.instruction,
         metadata=manifest.metadata,

@@ -34,6 +34,8 @@ PROVENANCE_SCHEMA = pa.schema(
         ("blueprint_run_id", pa.string()),  # the run whose designer call made the blueprint (cache reuse)
         ("painter", pa.string()),
         ("checkpoint_sha256", pa.string()),
+        # The license of the painter's weights (transforms/painter/licenses.py): apache-2.0, dim-non-commercial...
+        ("painter_license", pa.string()),
         ("seed", pa.int64()),
         ("steps", pa.int32()),
         ("guidance_scale", pa.float64()),

@@ -1,4 +1,6 @@
-"""Painters behind one seam (``base``): the DIM model (``dim``) and the Beam ModelHandler (``handler``).
+"""Painters behind one seam (``base``): the kinds registry (``kinds``), DIM (``dim``), diffusers-pipeline
+painters (``diffusers_painter``, ``diffusers_checkpoint``; the Qwen kind in ``qwen``) and the Beam
+ModelHandler (``handler``).
 
-Keep this module import-light: the pipeline imports ``base`` while building the graph.
+Keep this module import-light: the pipeline imports ``base`` and ``kinds`` while building the graph.
 """

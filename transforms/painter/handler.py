@@ -59,14 +59,14 @@ from transforms.painter.base import (
     Painting,
     PaintParams,
     PaintRequest,
-    check_params,
     compile_mode,
     device_choice,
     valid_vae_tile_pixels,
 )
+from transforms.painter.kinds import KIND_NAMES, get_kind
 from transforms.records import error_text
 
-KINDS = ("dim",)
+KINDS = KIND_NAMES
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # The attribute ``PainterReplicas`` sets on an error it passes on: the replica that raised it.
 FAILED_ON = "dimflow_painter_device"
@@ -203,8 +203,7 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         VAE computes in float32 on its half-rounded weights when the painter runs in a half type) or
         ``same`` (in the painter's dtype). The output size itself comes with ``params`` (``resolution``,
         ``aspect``)."""
-        if kind not in KINDS:
-            raise ValueError(f"painter kind must be one of {KINDS}, got {kind!r}")
+        get_kind(kind)  # its error names the registered kinds
         if task not in TASKS:
             raise ValueError(f"painter task must be one of {TASKS}, got {task!r}")
         if dtype not in DTYPES:
@@ -240,15 +239,15 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         self.vae_dtype = vae_dtype
 
     def load_model(self) -> PainterReplicas:
-        """One painter per selected device, loaded one after another (host memory peaks at one load)."""
-        from transforms.painter.dim.pipeline import load_dim_painter  # the only kind so far
-
+        """One painter per selected device, loaded one after another (host memory peaks at one load), by the
+        kind's loader (``transforms.painter.kinds``)."""
+        kind = get_kind(self.kind)
         devices = resolve_devices(self.device)
         replicas = [
             Replica(
                 name,
                 device,
-                load_dim_painter(
+                kind.load_painter(
                     self.checkpoint,
                     self.task,
                     dtype=resolve_dtype(self.dtype, device),
@@ -447,17 +446,13 @@ def resolve_dtype(dtype: str, device):
     return getattr(torch, dtype)
 
 
-def checkpoint_fingerprint(checkpoint: str, task: str, params: PaintParams | None = None) -> str:
-    """sha256 of the checkpoint's weights file, without loading a model (``tiny`` is built if needed).
+def checkpoint_fingerprint(
+    checkpoint: str, task: str, params: PaintParams | None = None, kind: str = "dim"
+) -> str:
+    """The checkpoint's sha256 for render keys, without loading a model (``tiny`` is built if needed), by the
+    painter kind's own rule (DIM: its weights file; diffusers kinds: every weight and config file).
 
     Also checks that the checkpoint suits ``task`` (edit vs t2i) and, given ``params``, that it can paint
     them (e.g. a resolution on its latent grid), so a job that would fail every row fails on the driver.
     """
-    from transforms.painter.dim import checkpoint as ckpt
-    from transforms.painter.dim.locate import resolve_checkpoint
-
-    folder = resolve_checkpoint(checkpoint, task)
-    arch = ckpt.read_arch(folder, task)
-    if params is not None:
-        check_params(params, grid=arch.vae_grid)
-    return ckpt.file_sha256(folder / ckpt.MODEL_FILE)
+    return get_kind(kind).fingerprint(checkpoint, task, params)

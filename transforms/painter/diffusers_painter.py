@@ -1,0 +1,232 @@
+"""A Painter over a diffusers pipeline: edit rows through the kind's edit pipeline, text-to-image rows
+through its text-to-image pipeline, with DIM's contracts.
+
+- **Per-row seeds.** Each row gets its own ``torch.Generator`` seeded with the row's seed (on the CPU by
+  default, so a row's noise is the same on any device), passed to the pipeline as one generator per row.
+- **Batching** only where the pipeline really paints different rows in one call: ``CallStyle`` says how many
+  rows of each task one call may take. diffusers 0.42.1's ``QwenImageEditPlusPipeline`` refuses more than one
+  prompt ("currently only supports batch_size=1"), and a list of images there means several reference images
+  for *one* prompt, so Qwen edit rows are painted one call per row on the device; ``QwenImagePipeline`` takes
+  a list of prompts with a list of generators. On the CPU every row is painted alone (``row_by_row``), so an
+  image is bit-identical whatever batch it came in; on accelerators batched rows agree with rows alone up to
+  rounding (masked padding of the prompts).
+- **Sizes.** ``square``: ``resolution``²; ``preserve``: an edit row at the bucket nearest its source's aspect
+  (about ``resolution``² pixels, sides multiples of the pipeline's grid: the VAE's compression times the 2x2
+  latent packing). Rows of one call share one size.
+- **Checks** before any pixel is painted: the sampling parameters against the grid, every request against
+  the task (a source for edits, none for text-to-image, a prompt, a seed in range), naming the row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from transforms.painter.base import (
+    DEFAULT_VAE_TILE_PIXELS,
+    NOISE_DEVICES,
+    Painting,
+    PaintParams,
+    PaintRequest,
+    check_params,
+    check_request,
+    decode_source,
+    source_size,
+    valid_vae_tile_pixels,
+)
+from transforms.painter.dim import buckets
+
+
+@dataclass(frozen=True)
+class CallStyle:
+    """How one kind's pipelines are called.
+
+    ``guidance_argument``: the pipeline argument ``painter.guidance_scale`` goes to (``true_cfg_scale`` for
+    Qwen-Image: classifier-free guidance against ``negative_prompt``; a scale <= 1 turns guidance off).
+    ``rows_per_call``: task -> the most rows one pipeline call may paint (None: any number).
+    ``fixed``: further keyword arguments every call gets.
+    """
+
+    guidance_argument: str
+    negative_prompt: str | None
+    rows_per_call: dict[str, int | None]
+    guidance_threshold: float = 1.0  # guidance at or below this: no negative prompt (the pipeline skips CFG)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+class DiffusersPainter:
+    """A loaded diffusers pipeline behind the ``Painter`` protocol (one task: ``edit`` or ``t2i``)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        task: str,
+        pipeline: Any,
+        style: CallStyle,
+        checkpoint_sha256: str,
+        dtype: torch.dtype,
+        device: torch.device,
+        grid: int,
+        noise_device: str = "cpu",
+        row_by_row: bool | None = None,
+        vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
+    ):
+        """``grid``: the pixel multiple every output side must be. ``row_by_row`` (default: on for the CPU)
+        paints one row per call whatever ``style`` allows, so an image never depends on its batch.
+        ``vae_tile_pixels``: outputs with more pixels decode with the VAE's tiling (None: never)."""
+        if task not in style.rows_per_call:
+            raise ValueError(f"task must be one of {sorted(style.rows_per_call)}, got {task!r}")
+        if noise_device not in NOISE_DEVICES:
+            raise ValueError(f"noise_device must be one of {NOISE_DEVICES}, got {noise_device!r}")
+        if not valid_vae_tile_pixels(vae_tile_pixels):
+            raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
+        if not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"grid must be a positive integer, got {grid!r}")
+        self.name = name
+        self.task = task
+        self.pipeline = pipeline
+        self.style = style
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.dtype = dtype
+        self.device = device
+        self.grid = grid
+        self.noise_device = noise_device
+        self.row_by_row = device.type == "cpu" if row_by_row is None else bool(row_by_row)
+        self.vae_tile_pixels = vae_tile_pixels
+        self._lock = threading.Lock()  # one call at a time on the pipeline, whatever the caller's threads
+
+    @property
+    def rows_per_call(self) -> int | None:
+        """The most rows one pipeline call paints here (None: any number)."""
+        return 1 if self.row_by_row else self.style.rows_per_call[self.task]
+
+    def check(self, requests: Sequence[PaintRequest], params: PaintParams) -> None:
+        check_params(params, grid=self.grid)
+        for request in requests:
+            check_request(request, self.task)
+
+    def output_size(self, request: PaintRequest, params: PaintParams) -> tuple[int, int]:
+        """(width, height): square, or the source's aspect bucket (``preserve``, edit rows)."""
+        size = source_size(request) if params.aspect == "preserve" and request.source is not None else None
+        return buckets.output_size(size, params.resolution, self.grid, params.aspect)
+
+    def calls(self, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Indices of the rows painted by each pipeline call: one size per call, sizes in order of first
+        appearance, at most ``rows_per_call`` rows each."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(sizes):
+            groups.setdefault(size, []).append(index)
+        limit = self.rows_per_call
+        return [
+            group[start : start + (limit or len(group))]
+            for group in groups.values()
+            for start in range(0, len(group), limit or len(group))
+        ]
+
+    def generator(self, seed: int) -> torch.Generator:
+        """The row's own generator: on the CPU (the same noise on any device), or on the accelerator."""
+        device = "cpu" if self.noise_device == "cpu" else self.device
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def call_arguments(
+        self, requests: Sequence[PaintRequest], params: PaintParams, size: tuple[int, int]
+    ) -> dict[str, Any]:
+        """The keyword arguments of one pipeline call painting ``requests`` at ``size`` (what a direct call of
+        the pipeline takes, so tests can call it the same way)."""
+        width, height = size
+        one = len(requests) == 1
+        prompts = [request.prompt for request in requests]
+        arguments: dict[str, Any] = {
+            **self.style.fixed,
+            "prompt": prompts[0] if one else prompts,
+            "num_inference_steps": params.steps,
+            "width": width,
+            "height": height,
+            self.style.guidance_argument: float(params.guidance_scale),
+            "generator": self.generator(requests[0].seed)
+            if one
+            else [self.generator(r.seed) for r in requests],
+            "output_type": "pil",
+        }
+        if self.style.negative_prompt is not None and params.guidance_scale > self.style.guidance_threshold:
+            negative = self.style.negative_prompt
+            arguments["negative_prompt"] = negative if one else [negative] * len(requests)
+        if self.task == "edit":
+            images = [source_image(request) for request in requests]
+            arguments["image"] = images[0] if one else images
+        return arguments
+
+    def paint(self, requests: Sequence[PaintRequest], params: PaintParams) -> list[Painting]:
+        """One ``Painting`` per request, in order. ``paint_s`` is each row's even share of the wall time;
+        ``batch_size`` is the rows given."""
+        requests = list(requests)
+        with self._lock, torch.inference_mode():
+            started = time.perf_counter()
+            self.check(requests, params)
+            sizes = [self.output_size(r, params) for r in requests]
+            images: list[Image.Image | None] = [None] * len(requests)
+            for indices in self.calls(sizes):
+                rows = [requests[i] for i in indices]
+                size = sizes[indices[0]]
+                self._set_vae_tiling(size)
+                output = self.pipeline(**self.call_arguments(rows, params, size))
+                painted = list(output.images)
+                if len(painted) != len(rows):
+                    raise RuntimeError(
+                        f"{type(self.pipeline).__name__} returned {len(painted)} images for {len(rows)} rows"
+                    )
+                for index, image in zip(indices, painted, strict=True):
+                    if image.size != size:
+                        raise RuntimeError(
+                            f"row {requests[index].key!r}: the pipeline painted {image.size}, asked for {size}"
+                        )
+                    images[index] = image.convert("RGB")
+            share = (time.perf_counter() - started) / max(len(requests), 1)
+        dtype = str(self.dtype).removeprefix("torch.")
+        fields = {
+            "painter": self.name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "steps": params.steps,
+            "guidance_scale": float(params.guidance_scale),
+            "dtype": dtype,
+            "vae_dtype": dtype,  # diffusers runs the VAE in the pipeline's dtype
+            "device": str(self.device),
+            "batch_size": len(requests),
+        }
+        paintings = []
+        for request, image, (width, height) in zip(requests, images, sizes, strict=True):
+            assert image is not None, request.key
+            row_fields = {**fields, "width": width, "height": height}
+            paintings.append(Painting(key=request.key, image=image, paint_s=share, fields=row_fields))
+        return paintings
+
+    def _set_vae_tiling(self, size: tuple[int, int]) -> None:
+        """Tiled VAE decoding (bounded memory, approximate seams) only above ``vae_tile_pixels``."""
+        vae = self.pipeline.vae
+        if self.vae_tile_pixels is not None and size[0] * size[1] > self.vae_tile_pixels:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+
+
+def source_image(request: PaintRequest) -> Image.Image:
+    """The row's source, upright (EXIF applied), as RGB: transparency over white, as DIM's encoder takes it."""
+    image = decode_source(request)
+    try:
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.split()[3])
+            return background
+        return image.convert("RGB")
+    except Exception as exc:  # PIL raises several types for odd modes
+        raise ValueError(
+            f"row {request.key!r}: cannot convert the source image to RGB: {type(exc).__name__}: {exc}"
+        ) from exc
