@@ -38,7 +38,7 @@ What diffusers 0.42.1 does (read in .venv/.../diffusers/pipelines/longcat_image/
     512-token text length, CFG when ``guidance_scale > 1`` (a second transformer pass per step), and the
     negative prompt '' encoded once (batch 1) for a batch of rows.
   - ``text_processor`` is a ``Qwen2VLProcessor``; transformers 5 cannot build one without torchvision (its
-    video processor); ``load.py`` passes an image+text processor instead, as the DIM kind does.
+    video processor); ``transforms/painter/diffusers_processor.py`` stands in for it, as for Qwen-Image-Edit.
 
 Full-size configs (``tests/painter/test_longcat.py`` builds them on the meta device):
   - The published ``transformer/config.json``, ``vae/config.json`` and ``text_encoder/config.json`` of
@@ -74,8 +74,9 @@ SAMPLING: dict[str, dict[str, Any]] = {
         "enable_cfg_renorm": True,
     },
 }
-# What the painter must pass regardless of the README: prompt rewriting samples outside the row's generator.
-T2I_FIXED = {"enable_prompt_rewrite": False}
+# What the painter passes to every text-to-image call: prompt rewriting samples outside the row's generator
+# (off, unlike the README); CFG renorm as the README and diffusers' default have it (on).
+T2I_FIXED = {"enable_prompt_rewrite": False, "enable_cfg_renorm": True}
 EDIT_TARGET_AREA = 1024 * 1024  # diffusers' calculate_dimensions target; the edit size is not a parameter
 EDIT_SIZE_MULTIPLE = 16
 BATCHES_DIFFERENT_SOURCES = {"edit": False, "t2i": True}

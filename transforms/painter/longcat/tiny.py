@@ -15,25 +15,22 @@ tokens, the image processor the PIL Qwen2-VL one capped at 112x112 pixels (16 im
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from transforms.painter.diffusers_processor import ImageTextProcessor
 from transforms.painter.dim.checkpoint import default_cache_dir
 from transforms.painter.dim.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
-from transforms.painter.longcat.facts import KIND
-from transforms.painter.longcat.load import TEXT_PROCESSOR_DIR, ImageTextProcessor, pipeline_class
+from transforms.painter.longcat.facts import KIND, PIPELINE_CLASSES
+from transforms.painter.tiny_install import install_once
 
 TINY_VERSION = 1  # bump when anything below changes: the cache folder name carries it
 TINY_SEED = 20250917
 MODEL_INDEX = "model_index.json"
+TEXT_PROCESSOR_DIR = "text_processor"
 META_FILE = "dimflow.json"  # what this folder is; outside model_index.json, which diffusers validates
-_BUILD_LOCK = threading.Lock()  # builds seed torch's global RNG
 
 TEXT_HIDDEN = 32
 TINY_TRANSFORMER: dict[str, Any] = {
@@ -149,12 +146,16 @@ def build_components(tokenizer) -> dict[str, Any]:
 
 def build_tiny_checkpoint(task: str, folder: Path) -> None:
     """Write a complete tiny pipeline folder for ``task`` into ``folder``."""
+    import diffusers
+
     tokenizer = build_qwen_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         with torch.device("cpu"):
             components = build_components(tokenizer)
-    pipeline_class(task)(**components).save_pretrained(str(folder), safe_serialization=True)
+    getattr(diffusers, PIPELINE_CLASSES[task])(**components).save_pretrained(
+        str(folder), safe_serialization=True
+    )
     # transformers 5 nests the image processor in processor_config.json under our subclass's name; the
     # released text_processor folder has a plain preprocessor_config.json next to the tokenizer files.
     processor_dir = folder / TEXT_PROCESSOR_DIR
@@ -178,22 +179,8 @@ def ensure_tiny_checkpoint(task: str, cache_dir: str | Path | None = None) -> Pa
     if task not in ("edit", "t2i"):
         raise ValueError(f"task must be 'edit' or 't2i', got {task!r}")
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    final = root / f"tiny-{KIND}-{task}-v{TINY_VERSION}"
-    if (final / MODEL_INDEX).is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".tiny-{KIND}-{task}-", dir=root))
-    try:
-        with _BUILD_LOCK:
-            build_tiny_checkpoint(task, scratch)
-        for path in [scratch, *scratch.rglob("*")]:
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(scratch, final)
-        except OSError:
-            if not (final / MODEL_INDEX).is_file():
-                raise
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
-    return final
+    return install_once(
+        root / f"tiny-{KIND}-{task}-v{TINY_VERSION}",
+        MODEL_INDEX,
+        lambda folder: build_tiny_checkpoint(task, folder),
+    )
