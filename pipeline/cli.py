@@ -21,7 +21,11 @@ from pipeline.terminal import printable, set_secret_env_names, text
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # painter.kind -> (architecture, model) named by the warning a 'tiny' checkpoint prints
-TINY_MODELS = {"dim": ("DIM's", "DIM-4.6B"), "qwen-image-edit": ("Qwen-Image-Edit's", "Qwen-Image-Edit")}
+TINY_MODELS = {
+    "dim": ("DIM's", "DIM-4.6B"),
+    "qwen-image-edit": ("Qwen-Image-Edit's", "Qwen-Image-Edit"),
+    "longcat-image-edit": ("LongCat-Image-Edit's", "LongCat-Image-Edit"),
+}
 
 
 def tiny_warning(kind: str) -> str:

@@ -69,7 +69,7 @@ class PainterSpec(_Strict):
     ``kind``, unset ``checkpoint``, ``t2i_checkpoint``, ``steps``, ``guidance_scale`` and ``resolution`` take
     that kind's defaults (``transforms.painter.kinds``)."""
 
-    # A registered painter kind: dim, qwen-image-edit, ...
+    # A registered painter kind: dim, qwen-image-edit, longcat-image-edit
     kind: str = "dim"
     # Rows with a source are edits (painted by ``checkpoint``); rows without one are text-to-image
     # (painted by ``t2i_checkpoint``). A null checkpoint makes that kind of row fail at validation.

@@ -175,3 +175,35 @@ def check_statuses(table: pa.Table, painter_kind: str = "dim") -> None:
     assert (rotated["source_width"], rotated["source_height"]) == (48, 40)  # EXIF orientation applied
     assert by_id["blue-jpg"][0]["seed"] == 233  # painter.seed default
     assert json.loads(by_id["same-source-other-seed"][0]["metadata"]) == {"sku": "R-1"}
+
+
+def check_kind_end_to_end(directory: Path, kind: str, guidance_scale: float) -> None:
+    """The shared manifest through painter ``kind``'s tiny checkpoints (2 steps) by the CLI on the embedded
+    runner: every row's status, the kind's painter names, the kind's default guidance, apache-2.0 licenses,
+    output bytes matching their recorded sha256."""
+    import contextlib
+    import hashlib
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline import cli
+    from pipeline.run import read_provenance
+
+    case = local_case(directory, painter={"kind": kind, "steps": 2})
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
+    assert exit_code == cli.EXIT_OK, console.getvalue()
+    (record_path,) = (Path(case.output) / "runs").glob("*.json")
+    record = json.loads(record_path.read_text())
+    table = read_provenance(case.output, record["run_id"])
+    check_statuses(table, painter_kind=kind)  # painter_license apache-2.0 on every row whose mode is known
+    ok = [row for row in table.to_pylist() if row["status"] == "ok"]
+    assert {row["painter"] for row in ok if row["mode"] == "edit"} == {f"{kind}:tiny-edit"}
+    assert {(row["guidance_scale"], row["steps"], row["dtype"], row["device"]) for row in ok} == {
+        (guidance_scale, 2, "float32", "cpu")
+    }
+    for row in ok:
+        with FileSystems.open(row["output_uri"]) as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == row["output_sha256"]
+    assert record["spec"]["painter"]["kind"] == kind

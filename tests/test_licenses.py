@@ -348,3 +348,16 @@ def test_dimflow_run_refuses_before_any_work(tmp_path, capsys):
 
 def test_read_card_license_reports_a_missing_card(tmp_path):
     assert read_card_license(tmp_path / "README.md") == (None, "no README.md")
+
+
+def test_every_registered_painter_kind_has_license_facts_and_back():
+    """kinds.py (what can paint) and licenses.py (what its pixels may be used for) name the same kinds, and
+    each kind's default checkpoints are known checkpoints of that kind."""
+    from transforms.painter import kinds as registry
+
+    assert set(registry.KIND_NAMES) == set(KINDS)
+    for name, kind in registry.KINDS.items():
+        for checkpoint in (kind.checkpoint, kind.t2i_checkpoint):
+            if checkpoint is not None:
+                assert KNOWN_CHECKPOINTS[checkpoint][0] == name, checkpoint
+        assert painter_license(name, "tiny").name == APACHE_2

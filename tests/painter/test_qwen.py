@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from tests.painter.support import image_bytes
+from tests.painter.support import image_bytes, max_abs_diff, t2i_parity
 from transforms.painter.base import PaintParams, PaintRequest
 from transforms.painter.diffusers_checkpoint import (
     CheckpointNotFound,
@@ -51,14 +50,6 @@ def qwen_t2i(t2i_dir):
     return get_kind(KIND).load_painter("tiny", "t2i", dtype=torch.float32, device=CPU)
 
 
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def max_abs_diff(a, b) -> int:
-    return int(np.abs(pixels(a) - pixels(b)).max())
-
-
 def edit_rows():
     return [
         PaintRequest("wide", "make the background white", 7, image_bytes((96, 64))),
@@ -83,10 +74,10 @@ def test_edit_parity_with_a_direct_pipeline_call(qwen_edit, edit_dir, capsys):
     from diffusers import QwenImageEditPlusPipeline
 
     from transforms.painter.diffusers_painter import source_image
-    from transforms.painter.qwen.processor import load_processor
+    from transforms.painter.diffusers_processor import load_processor
 
     reference = QwenImageEditPlusPipeline.from_pretrained(
-        str(edit_dir), processor=load_processor(edit_dir), dtype=torch.float32
+        str(edit_dir), processor=load_processor(edit_dir, "processor"), dtype=torch.float32
     )
     reference.set_progress_bar_config(disable=True)
     rows = edit_rows()[:2]
@@ -118,11 +109,6 @@ def test_t2i_parity_with_a_direct_pipeline_call_alone_and_batched(t2i_dir, capsy
     reference = QwenImagePipeline.from_pretrained(str(t2i_dir), dtype=torch.float32)
     reference.set_progress_bar_config(disable=True)
     rows = t2i_rows()[:2]
-    kind = get_kind(KIND)
-    alone = kind.load_painter("tiny", "t2i", dtype=torch.float32, device=CPU)
-    batched = kind.load_painter("tiny", "t2i", dtype=torch.float32, device=CPU)
-    batched.row_by_row = False  # as on an accelerator: the rows go through one call
-    assert alone.calls([(64, 64)] * 2) == [[0], [1]] and batched.calls([(64, 64)] * 2) == [[0, 1]]
 
     def direct(prompts, seeds):
         return reference(
@@ -135,20 +121,10 @@ def test_t2i_parity_with_a_direct_pipeline_call_alone_and_batched(t2i_dir, capsy
             generator=[torch.Generator().manual_seed(seed) for seed in seeds],
         ).images
 
-    one_by_one = [direct([row.prompt], [row.seed])[0] for row in rows]
-    together = direct([row.prompt for row in rows], [row.seed for row in rows])
-    ours_alone = [p.image for p in alone.paint(rows, PARAMS)]
-    ours_batched = [p.image for p in batched.paint(rows, PARAMS)]
-    alone_diffs = [max_abs_diff(a, b) for a, b in zip(ours_alone, one_by_one, strict=True)]
-    batched_diffs = [max_abs_diff(a, b) for a, b in zip(ours_batched, together, strict=True)]
-    batch_vs_alone = [max_abs_diff(a, b) for a, b in zip(together, one_by_one, strict=True)]
+    found = t2i_parity(KIND, rows, PARAMS, direct)
     with capsys.disabled():
-        print(
-            f"\nqwen t2i parity: alone {alone_diffs}, batched {batched_diffs}; "
-            f"the pipeline's own batch vs alone {batch_vs_alone} (prompts padded and masked)"
-        )
-    assert alone_diffs == [0, 0] and batched_diffs == [0, 0]
-    assert max_abs_diff(one_by_one[0], one_by_one[1]) > 0
+        print(f"\nqwen t2i parity (max abs pixel diff per row; prompts padded and masked): {found}")
+    assert found["alone"] == [0, 0] and found["batched"] == [0, 0]
 
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -405,32 +381,6 @@ def _job_spec(tmp_path, kind: str, **painter):
             },
         }
     )
-
-
-def test_render_keys_differ_between_kinds_for_the_same_row(tmp_path, edit_dir, t2i_dir):
-    """Same row, same settings, same checkpoint name: the kind (in the painter config) and each kind's own
-    checkpoint hash give another render key, for edit and text-to-image rows alike."""
-    from pipeline.edit import painter_config
-    from pipeline.run import job_keys
-    from transforms.schema import render_key
-
-    keys = {}
-    for kind in ("dim", KIND):
-        spec = _job_spec(tmp_path, kind, steps=4, guidance_scale=3.0)
-        job = job_keys(spec)
-        assert job.painter_config == painter_config(spec) and job.painter_config["kind"] == kind
-        for mode in ("edit", "t2i"):
-            keys[kind, mode] = render_key(
-                source_sha256="a" * 64 if mode == "edit" else None,
-                instruction="make it red",
-                designer_config=job.designer_config,
-                painter_config={**job.painter_config, "mode": mode},
-                checkpoint_sha256=job.checkpoint_sha256[mode],
-                seed=233,
-            )
-        assert job.checkpoint_sha256["edit"] == checkpoint_fingerprint("tiny", "edit", kind=kind)
-    assert keys["dim", "edit"] != keys[KIND, "edit"] and keys["dim", "t2i"] != keys[KIND, "t2i"]
-    assert len(set(keys.values())) == 4
 
 
 def test_a_bad_checkpoint_refuses_the_job_naming_the_field(tmp_path, t2i_dir):

@@ -12,7 +12,10 @@ through its text-to-image pipeline, with DIM's contracts.
   rounding (masked padding of the prompts).
 - **Sizes.** ``square``: ``resolution``²; ``preserve``: an edit row at the bucket nearest its source's aspect
   (about ``resolution``² pixels, sides multiples of the pipeline's grid: the VAE's compression times the 2x2
-  latent packing). Rows of one call share one size.
+  latent packing). Rows of one call share one size. A pipeline without a size argument (``CallStyle.unsized``:
+  diffusers 0.42.1's ``LongCatImageEditPipeline`` paints about 1024² pixels at its source's aspect) gets the
+  source center-cropped to the row's aspect (as DIM crops), and its output is resized (Lanczos) to the row's
+  size; the size it painted is checked against what the style says it paints.
 - **Checks** before any pixel is painted: the sampling parameters against the grid, every request against
   the task (a source for edits, none for text-to-image, a prompt, a seed in range), naming the row.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +53,17 @@ class CallStyle:
     ``guidance_argument``: the pipeline argument ``painter.guidance_scale`` goes to (``true_cfg_scale`` for
     Qwen-Image: classifier-free guidance against ``negative_prompt``; a scale <= 1 turns guidance off).
     ``rows_per_call``: task -> the most rows one pipeline call may paint (None: any number).
-    ``fixed``: further keyword arguments every call gets.
+    ``fixed``: task -> further keyword arguments every call of that task gets.
+    ``unsized``: task -> for pipelines that take no width/height, the (width, height) they paint for a source
+    of a given (width, height).
     """
 
     guidance_argument: str
     negative_prompt: str | None
     rows_per_call: dict[str, int | None]
     guidance_threshold: float = 1.0  # guidance at or below this: no negative prompt (the pipeline skips CFG)
-    fixed: dict[str, Any] = field(default_factory=dict)
+    fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    unsized: Mapping[str, Callable[[int, int], tuple[int, int]]] = field(default_factory=dict)
 
 
 class DiffusersPainter:
@@ -89,6 +95,8 @@ class DiffusersPainter:
             raise ValueError(f"vae_tile_pixels must be a positive integer or None, got {vae_tile_pixels!r}")
         if not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be a positive integer, got {grid!r}")
+        if task in style.unsized and style.rows_per_call[task] != 1:
+            raise ValueError(f"an unsized {task} pipeline paints one row per call (it sizes from one source)")
         self.name = name
         self.task = task
         self.pipeline = pipeline
@@ -135,6 +143,19 @@ class DiffusersPainter:
         device = "cpu" if self.noise_device == "cpu" else self.device
         return torch.Generator(device=device).manual_seed(seed)
 
+    @property
+    def sized(self) -> bool:
+        """Whether this task's pipeline takes the size to paint (else see ``CallStyle.unsized``)."""
+        return self.task not in self.style.unsized
+
+    def painted_size(self, arguments: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) the pipeline paints for a call with these arguments, asked for ``size``: ``size``,
+        or for an unsized pipeline what it paints for the (cropped) source it is given."""
+        if self.sized:
+            return size
+        image = arguments["image"]
+        return self.style.unsized[self.task](*(image[0] if isinstance(image, list) else image).size)
+
     def call_arguments(
         self, requests: Sequence[PaintRequest], params: PaintParams, size: tuple[int, int]
     ) -> dict[str, Any]:
@@ -144,11 +165,10 @@ class DiffusersPainter:
         one = len(requests) == 1
         prompts = [request.prompt for request in requests]
         arguments: dict[str, Any] = {
-            **self.style.fixed,
+            **self.style.fixed.get(self.task, {}),
             "prompt": prompts[0] if one else prompts,
             "num_inference_steps": params.steps,
-            "width": width,
-            "height": height,
+            **({"width": width, "height": height} if self.sized else {}),
             self.style.guidance_argument: float(params.guidance_scale),
             "generator": self.generator(requests[0].seed)
             if one
@@ -160,6 +180,8 @@ class DiffusersPainter:
             arguments["negative_prompt"] = negative if one else [negative] * len(requests)
         if self.task == "edit":
             images = [source_image(request) for request in requests]
+            if not self.sized:
+                images = [crop_to_aspect(image, size) for image in images]
             arguments["image"] = images[0] if one else images
         return arguments
 
@@ -175,18 +197,23 @@ class DiffusersPainter:
             for indices in self.calls(sizes):
                 rows = [requests[i] for i in indices]
                 size = sizes[indices[0]]
-                self._set_vae_tiling(size)
-                output = self.pipeline(**self.call_arguments(rows, params, size))
+                arguments = self.call_arguments(rows, params, size)
+                painted_size = self.painted_size(arguments, size)
+                self._set_vae_tiling(painted_size)
+                output = self.pipeline(**arguments)
                 painted = list(output.images)
                 if len(painted) != len(rows):
                     raise RuntimeError(
                         f"{type(self.pipeline).__name__} returned {len(painted)} images for {len(rows)} rows"
                     )
                 for index, image in zip(indices, painted, strict=True):
-                    if image.size != size:
+                    if image.size != painted_size:
                         raise RuntimeError(
-                            f"row {requests[index].key!r}: the pipeline painted {image.size}, asked for {size}"
+                            f"row {requests[index].key!r}: the pipeline painted {image.size}, "
+                            f"expected {painted_size}"
                         )
+                    if image.size != size:  # an unsized pipeline's output, at the row's aspect already
+                        image = image.resize(size, Image.Resampling.LANCZOS)
                     images[index] = image.convert("RGB")
             share = (time.perf_counter() - started) / max(len(requests), 1)
         dtype = str(self.dtype).removeprefix("torch.")
@@ -214,6 +241,20 @@ class DiffusersPainter:
             vae.enable_tiling()
         else:
             vae.disable_tiling()
+
+
+def crop_to_aspect(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The largest centered crop of ``image`` with the aspect of ``size`` (the image itself if it has it)."""
+    width, height = image.size
+    target_w, target_h = size
+    if width * target_h == height * target_w:
+        return image
+    if width * target_h > height * target_w:  # too wide: keep the height
+        crop_w, crop_h = max(1, round(height * target_w / target_h)), height
+    else:
+        crop_w, crop_h = width, max(1, round(width * target_h / target_w))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h))
 
 
 def source_image(request: PaintRequest) -> Image.Image:

@@ -84,7 +84,19 @@ _KINDS: dict[str, PainterKind] = {
         checkpoint="Qwen/Qwen-Image-Edit-2511",
         t2i_checkpoint=None,  # e.g. Qwen/Qwen-Image (not by default: a job would fetch 40 GB it may not use)
     ),
-    # "longcat-image-edit": transforms/painter/longcat/ registers here (its loader, fingerprint, defaults).
+    # LongCat-Image-Edit's README and scripts (transforms/painter/longcat/facts.py): edits 50 steps, guidance
+    # 4.5 (negative prompt ''), painted at about 1024^2 pixels whatever is asked (resized to the row's size).
+    # Text-to-image rows share painter.guidance_scale: the README's 4.0 for LongCat-Image is not a default.
+    "longcat-image-edit": PainterKind(
+        name="longcat-image-edit",
+        loader="transforms.painter.longcat.kind:load_painter",
+        fingerprinter="transforms.painter.longcat.kind:fingerprint",
+        steps=50,
+        guidance_scale=4.5,
+        resolution=1024,
+        checkpoint="meituan-longcat/LongCat-Image-Edit",
+        t2i_checkpoint=None,  # e.g. meituan-longcat/LongCat-Image (not by default: ~29 GB a job may not use)
+    ),
 }
 KINDS: Mapping[str, PainterKind] = MappingProxyType(_KINDS)
 KIND_NAMES: tuple[str, ...] = tuple(_KINDS)

@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +24,11 @@ from transforms.painter.dim.checkpoint import (
     save_released,
 )
 from transforms.painter.dim.config import ARCH_FORMAT, resolve_arch
+from transforms.painter.tiny_install import install_once
 
 TINY_VERSION = 1  # bump when anything below changes: the cache folder name carries it
 TINY_SEED = 20250902
 PROCESSOR_DIR = "processor"
-# Builds seed torch's global RNG: two threads building at once would interleave draws.
-_BUILD_LOCK = threading.Lock()
 ENCODER_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 2 x 2 merged = 4 image tokens
 
 # Qwen2.5-VL's added tokens, in Qwen's order.
@@ -205,21 +200,4 @@ def ensure_tiny_checkpoint(task: str, cache_dir: str | None = None) -> str:
         raise ValueError(f"task must be 'edit' or 't2i', got {task!r}")
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     final = root / f"tiny-{task}-v{TINY_VERSION}"
-    if (final / MODEL_FILE).is_file():
-        return str(final)
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".tiny-{task}-", dir=root))
-    try:
-        with _BUILD_LOCK:
-            build_tiny_checkpoint(task, scratch)
-        for path in [scratch, *scratch.rglob("*")]:
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(scratch, final)
-        except OSError:
-            if not (final / MODEL_FILE).is_file():
-                raise
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
-    return str(final)
+    return str(install_once(final, MODEL_FILE, lambda folder: build_tiny_checkpoint(task, folder)))

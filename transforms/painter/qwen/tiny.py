@@ -11,18 +11,13 @@ deterministic (fixed seed), and race-safe like DIM's tiny (a private folder rena
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
-import threading
 from pathlib import Path
 
 import torch
 
 TINY_VERSION = 1  # bump when anything below changes: the cache folder name carries it
 TINY_SEED = 20260115
-# Builds seed torch's global RNG: two threads building at once would interleave draws.
-_BUILD_LOCK = threading.Lock()
 PIPELINES = {"edit": "QwenImageEditPlusPipeline", "t2i": "QwenImagePipeline"}
 TEXT_HIDDEN = 32  # the text encoder's width = the transformer's joint_attention_dim
 
@@ -72,8 +67,8 @@ def build_components() -> dict:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
+    from transforms.painter.diffusers_processor import ImageTextProcessor
     from transforms.painter.dim.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
-    from transforms.painter.qwen.processor import ImageTextProcessor
 
     with tempfile.TemporaryDirectory(prefix="dimflow-qwen-tokenizer-") as scratch:
         build_tokenizer().save_pretrained(scratch)
@@ -138,26 +133,13 @@ def ensure_tiny_checkpoint(task: str, cache_dir: str | Path | None = None) -> Pa
     into place; a loser of the race discards its copy and uses the winner's (identical) one.
     """
     from transforms.painter.dim.checkpoint import default_cache_dir
+    from transforms.painter.tiny_install import install_once
 
     if task not in PIPELINES:
         raise ValueError(f"task must be one of {sorted(PIPELINES)}, got {task!r}")
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    final = root / f"tiny-qwen-image-{task}-v{TINY_VERSION}"
-    if (final / "model_index.json").is_file():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".tiny-qwen-{task}-", dir=root))
-    try:
-        with _BUILD_LOCK:
-            build_tiny_checkpoint(task, scratch)
-        for path in [scratch, *scratch.rglob("*")]:
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(scratch, final)
-        except OSError:
-            if not (final / "model_index.json").is_file():
-                raise
-    finally:
-        if scratch.exists():
-            shutil.rmtree(scratch, ignore_errors=True)
-    return final
+    return install_once(
+        root / f"tiny-qwen-image-{task}-v{TINY_VERSION}",
+        "model_index.json",
+        lambda folder: build_tiny_checkpoint(task, folder),
+    )

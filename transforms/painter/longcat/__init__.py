@@ -1,0 +1,1 @@
+"""LongCat-Image(-Edit) painter kind (``painter.kind: longcat-image-edit``): facts, tiny checkpoints, loading."""
