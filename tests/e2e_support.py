@@ -177,26 +177,33 @@ def check_statuses(table: pa.Table, painter_kind: str = "dim") -> None:
     assert json.loads(by_id["same-source-other-seed"][0]["metadata"]) == {"sku": "R-1"}
 
 
-def check_kind_end_to_end(directory: Path, kind: str, guidance_scale: float) -> None:
-    """The shared manifest through painter ``kind``'s tiny checkpoints (2 steps) by the CLI on the embedded
-    runner: every row's status, the kind's painter names, the kind's default guidance, apache-2.0 licenses,
-    output bytes matching their recorded sha256."""
+def run_case(case) -> tuple[dict, pa.Table, str]:
+    """Run ``case`` through the CLI, the way users start it, expecting success: its run record, its
+    provenance table and what the console printed."""
     import contextlib
-    import hashlib
-
-    from apache_beam.io.filesystems import FileSystems
 
     from pipeline import cli
     from pipeline.run import read_provenance
 
-    case = local_case(directory, painter={"kind": kind, "steps": 2})
     console = io.StringIO()
     with contextlib.redirect_stderr(console):
         exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
     assert exit_code == cli.EXIT_OK, console.getvalue()
     (record_path,) = (Path(case.output) / "runs").glob("*.json")
     record = json.loads(record_path.read_text())
-    table = read_provenance(case.output, record["run_id"])
+    return record, read_provenance(case.output, record["run_id"]), console.getvalue()
+
+
+def check_kind_end_to_end(directory: Path, kind: str, guidance_scale: float) -> None:
+    """The shared manifest through painter ``kind``'s tiny checkpoints (2 steps) by the CLI on the embedded
+    runner: every row's status, the kind's painter names, the kind's default guidance, apache-2.0 licenses,
+    output bytes matching their recorded sha256."""
+    import hashlib
+
+    from apache_beam.io.filesystems import FileSystems
+
+    case = local_case(directory, painter={"kind": kind, "steps": 2})
+    record, table, _console = run_case(case)
     check_statuses(table, painter_kind=kind)  # painter_license apache-2.0 on every row whose mode is known
     ok = [row for row in table.to_pylist() if row["status"] == "ok"]
     assert {row["painter"] for row in ok if row["mode"] == "edit"} == {f"{kind}:tiny-edit"}

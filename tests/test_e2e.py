@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import cli
 from pipeline.run import read_provenance, run_job
 from pipeline.spec import load_spec
-from tests.e2e_support import check_statuses, local_case
+from tests.e2e_support import check_statuses, local_case, run_case
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +29,8 @@ def local_run(tmp_path_factory):
     """One run through the CLI (the way users start it), shared by the assertions below. It requires a
     commercially usable painter, which the tiny presets are (no third-party weights)."""
     case = local_case(tmp_path_factory.mktemp("e2e"), painter={"require_commercial_license": True})
-    console = io.StringIO()
-    with contextlib.redirect_stderr(console):
-        exit_code = cli.main(["run", str(case.spec_path), "--no-progress"])
-    assert exit_code == cli.EXIT_OK, console.getvalue()
-    (record_path,) = (Path(case.output) / "runs").glob("*.json")
-    record = json.loads(record_path.read_text())
-    return case, record, read_provenance(case.output, record["run_id"]), console.getvalue()
+    record, table, console = run_case(case)
+    return case, record, table, console
 
 
 def test_console_shows_summary_paths_and_failed_rows(local_run):
