@@ -20,8 +20,9 @@ from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 PROCESSOR_CLASSES = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
 
 
-class ImageTextProcessor(Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` with no video processor."""
+class WithoutVideoProcessor:
+    """Mixin for a Qwen-VL processor class (put it first among the bases): built with no video processor,
+    which needs torchvision; painters never send video. DIM's encoder processor uses it too."""
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(
@@ -30,6 +31,10 @@ class ImageTextProcessor(Qwen2VLProcessor):
             video_processor=None,
             chat_template=chat_template,
         )
+
+
+class ImageTextProcessor(WithoutVideoProcessor, Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` with no video processor."""
 
 
 def load_processor(folder: str | Path, component: str) -> ImageTextProcessor:

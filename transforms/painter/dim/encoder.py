@@ -30,19 +30,13 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from transforms.painter.diffusers_processor import WithoutVideoProcessor
+
 USER_MARKER = "user\n"
 
 
-class ImageTextProcessor(Qwen2_5_VLProcessor):
+class ImageTextProcessor(WithoutVideoProcessor, Qwen2_5_VLProcessor):
     """Qwen2.5-VL's processor without the video processor (which needs torchvision; we never send video)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-        )
 
 
 def load_processor(path: str | Path) -> ImageTextProcessor:
