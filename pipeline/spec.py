@@ -36,8 +36,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DesignerSpec(_Strict):
-    """Which vision-language model turns instructions into blueprints, and how hard it may be pushed."""
+class _VisionModelSpec(_Strict):
+    """A vision-language model behind an OpenAI-compatible endpoint or loaded locally, and its limits (the
+    designer's and the judge's sections share these fields)."""
 
     kind: Literal["openai", "local", "none"] = "none"
     model: str | None = None
@@ -55,13 +56,39 @@ class DesignerSpec(_Strict):
     workers: int = Field(1, ge=1)
     device: str = "auto"  # local provider only
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # local provider only
-    cache: bool = True
 
     @model_validator(mode="after")
-    def _model_required(self) -> DesignerSpec:
+    def _model_required(self) -> _VisionModelSpec:
         if self.kind != "none" and not self.model:
-            raise ValueError(f"designer.model is required when designer.kind={self.kind!r}")
+            section = "judge" if isinstance(self, JudgeSpec) else "designer"
+            raise ValueError(f"{section}.model is required when {section}.kind={self.kind!r}")
         return self
+
+
+class DesignerSpec(_VisionModelSpec):
+    """Which vision-language model turns instructions into blueprints, and how hard it may be pushed."""
+
+    cache: bool = True
+
+
+class JudgeSpec(_VisionModelSpec):
+    """Which vision-language model scores each painted image (``none``: no judge stage), with its own limits.
+
+    Its rate limits are its own: a judge and a designer on one endpoint each keep to their section's."""
+
+    max_tokens: int = Field(512, ge=1)
+    # A rubric file (YAML: prompts, score scale, labels; README "Quality gate"); null: dimflow's own rubric.
+    rubric: str | None = None
+
+
+class QualitySpec(_Strict):
+    """What the judge's scores decide: the bar a row must reach and how many paints it may take to reach it."""
+
+    # judge_overall (0..1) a row must reach; below it the row is painted again (up to max_paints) and, if it
+    # never reaches it, ends ``rejected``. null: no bar (rows are scored, never repainted or rejected).
+    min_overall: float | None = Field(None, ge=0, le=1)
+    # Paints per row at most (the first included); each repaint uses the next seed of the row's sequence.
+    max_paints: int = Field(1, ge=1, le=8)
 
 
 class PainterSpec(_Strict):
@@ -292,7 +319,9 @@ class JobSpec(_Strict):
     painter: PainterSpec = Field(default_factory=PainterSpec)
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
-    # provenance `designer` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost from it
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    quality: QualitySpec = Field(default_factory=QualitySpec)
+    # provenance `designer` or `judge` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
     @field_validator("manifest", "output")
@@ -302,9 +331,21 @@ class JobSpec(_Strict):
             raise ValueError("must not be empty (an empty path would resolve to the spec's own folder)")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _quality_needs_judge(self) -> JobSpec:
+        quality = self.quality
+        if self.judge.kind == "none" and (quality.min_overall is not None or quality.max_paints > 1):
+            raise ValueError(
+                "quality.min_overall and quality.max_paints > 1 need a judge: set judge.kind (openai or local)"
+            )
+        if quality.max_paints > 1 and quality.min_overall is None:
+            raise ValueError("quality.max_paints > 1 repaints rows below quality.min_overall: set it too")
+        return self
+
     def secret_env_names(self) -> list[str]:
         """Environment variables holding secrets: their values are scrubbed from all stored and shown text."""
-        return [self.designer.api_key_env] if self.designer.api_key_env else []
+        names = [self.designer.api_key_env, self.judge.api_key_env]
+        return list(dict.fromkeys(name for name in names if name))
 
     def resolve_paths(self, base_dir: str | Path) -> JobSpec:
         """Make relative local manifest/output/checkpoint paths absolute against the spec's folder."""
@@ -319,6 +360,8 @@ class JobSpec(_Strict):
         data["output"] = absolute(self.output)
         if self.limits.source_roots is not None:
             data["limits"]["source_roots"] = [absolute(root) for root in self.limits.source_roots]
+        if self.judge.rubric:
+            data["judge"]["rubric"] = absolute(self.judge.rubric)
         for field in ("checkpoint", "t2i_checkpoint"):
             checkpoint = getattr(self.painter, field)
             if checkpoint and (checkpoint.startswith((".", "/")) or Path(base_dir, checkpoint).is_dir()):

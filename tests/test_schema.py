@@ -54,7 +54,9 @@ def test_provenance_columns_match_design_contract():
         "output_uri output_sha256 started_at finished_at worker metadata versions"
     ).split()
     # DESIGN.md's columns keep their order; columns dimflow added since are listed here on purpose.
-    added = ["blueprint_run_id", "vae_dtype", "painter_license"]
+    added = ["blueprint_run_id", "vae_dtype", "painter_license", "category", "quality_key"]
+    added += ["judge", "judge_scores", "judge_overall", "judge_reason", "judge_error", "judge_attempts"]
+    added += ["judge_tokens_in", "judge_tokens_out", "judge_s", "paints", "paint_attempts"]
     assert [name for name in PROVENANCE_SCHEMA.names if name not in added] == expected
     assert set(PROVENANCE_SCHEMA.names) - set(expected) == set(added)
 

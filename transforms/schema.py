@@ -15,7 +15,7 @@ PROVENANCE_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("id", pa.string()),
-        ("status", pa.string()),  # ok | failed | skipped
+        ("status", pa.string()),  # ok | failed | skipped | rejected
         ("error_stage", pa.string()),
         ("error", pa.string()),
         ("mode", pa.string()),  # edit | t2i
@@ -50,6 +50,25 @@ PROVENANCE_SCHEMA = pa.schema(
         ("render_key", pa.string()),
         ("output_uri", pa.string()),
         ("output_sha256", pa.string()),
+        # The manifest's category column (alias edit_type, task_type): eval tables and report means group by it
+        ("category", pa.string()),
+        # The judge (transforms/judge): which model, its scores of the kept image as JSON (criteria 0-10),
+        # judge_overall in [0, 1] (transforms/judge/scores.py), its one-sentence reason, an error when no
+        # verdict came back (the row stays ok), calls made (retries included, all paints), tokens, seconds.
+        ("judge", pa.string()),
+        ("judge_scores", pa.string()),
+        ("judge_overall", pa.float64()),
+        ("judge_reason", pa.string()),
+        ("judge_error", pa.string()),
+        ("judge_attempts", pa.int32()),
+        ("judge_tokens_in", pa.int64()),
+        ("judge_tokens_out", pa.int64()),
+        ("judge_s", pa.float64()),
+        # Best-of-N (quality.max_paints): paints made for the row, and every paint as JSON (seed, render key,
+        # image, scores, errors); quality_key names the request + judge + bar (incremental runs look it up).
+        ("paints", pa.int32()),
+        ("paint_attempts", pa.string()),
+        ("quality_key", pa.string()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("worker", pa.string()),
@@ -58,7 +77,8 @@ PROVENANCE_SCHEMA = pa.schema(
     ]
 )
 
-STATUSES = ("ok", "failed", "skipped")
+# rejected: painted (image kept, output_uri set) but below quality.min_overall after quality.max_paints paints
+STATUSES = ("ok", "failed", "skipped", "rejected")
 
 # The design half of a run: one row per manifest row (ok with a blueprint, or failed before/at design),
 # under ``{output}/blueprints/run={run_id}/``. Written by ``stage: design`` and ``stage: all``; read by
