@@ -15,7 +15,8 @@ It stands in for OpenAI / vLLM in tests and benchmarks (loopback only). What it 
   ``empty`` (empty content), ``refusal``, ``think`` (answer wrapped in think/answer tags), ``leak``
   (400 whose message echoes the Authorization header, like a careless proxy: tests that we scrub it),
   ``echo`` / ``echo-json`` (a 200 whose blueprint carries every request header, as ``Name: value`` lines
-  or as a JSON object, like an echo endpoint behind a misrouted proxy);
+  or as a JSON object, like an echo endpoint behind a misrouted proxy), ``reply:TEXT`` (a 200 whose content
+  is TEXT verbatim; only the first ``:`` separates, so TEXT may contain colons: a judge's scripted verdict);
 * records every request (time, model, sampling parameters, prompt text, image count, whether the
   Authorization header matched ``expected_key``) in ``requests``; header values are never stored.
 
@@ -281,6 +282,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             content = REFUSAL
         elif kind == "think":
             content = f"<think>weighing the scene</think><answer>{_blueprint(text)}</answer>"
+        elif kind == "reply":
+            content = arg
         elif kind in ("echo", "echo-json"):
             content = f"{_blueprint(text)}\n\nrequest received with headers:\n{echo}"
         else:

@@ -30,16 +30,18 @@ class PreparedImage:
     height: int
 
 
-def load_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
-    """Decode, apply EXIF orientation, flatten alpha onto white, and fit within ``max_side``."""
+def load_image(
+    data: bytes, max_side: int = DEFAULT_MAX_SIDE, label: str = "source image", user: str = "designer"
+) -> Image.Image:
+    """Decode, apply EXIF orientation, flatten alpha onto white, and fit within ``max_side``.
+
+    ``label`` and ``user`` name the image and who looks at it in errors (the judge sees edited images)."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
     except Exception as exc:  # PIL raises many types for bad input; all mean the same to the row
-        raise ImageError(
-            f"cannot decode source image for the designer: {type(exc).__name__}: {exc}"
-        ) from None
+        raise ImageError(f"cannot decode {label} for the {user}: {type(exc).__name__}: {exc}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -53,10 +55,14 @@ def load_image(data: bytes, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:
 
 
 def prepare_jpeg(
-    data: bytes, max_side: int = DEFAULT_MAX_SIDE, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    label: str = "source image",
+    user: str = "designer",
 ) -> PreparedImage:
-    """A JPEG of the source that fits ``max_side`` pixels and ``max_bytes`` bytes."""
-    image = load_image(data, max_side)
+    """A JPEG of the image that fits ``max_side`` pixels and ``max_bytes`` bytes (names as ``load_image``)."""
+    image = load_image(data, max_side, label, user)
     while True:
         for quality in _QUALITIES:
             buffer = io.BytesIO()
@@ -64,7 +70,7 @@ def prepare_jpeg(
             if buffer.tell() <= max_bytes:
                 return PreparedImage(buffer.getvalue(), image.width, image.height)
         if max(image.size) <= 64:
-            raise ImageError(f"cannot fit the source image into {max_bytes} bytes of JPEG")
+            raise ImageError(f"cannot fit the {label} into {max_bytes} bytes of JPEG")
         image = image.resize(
             (max(1, int(image.width * 0.75)), max(1, int(image.height * 0.75))), Image.Resampling.LANCZOS
         )

@@ -51,9 +51,14 @@ def parse_reply(text: str | None) -> str:
     blueprint = _TAG.sub("", body).strip()
     if not blueprint:
         raise ReplyError("empty reply (nothing outside <think> / inside <answer>)")
-    if _REFUSAL.match(blueprint):
+    if looks_like_refusal(blueprint):
         raise ReplyError(f"designer refused: {_excerpt(blueprint)}")
     return blueprint
+
+
+def looks_like_refusal(text: str) -> bool:
+    """Whether ``text`` opens like a model's refusal ("I'm sorry, but I can't help ..."); the judge uses it."""
+    return _REFUSAL.match(text) is not None
 
 
 def _excerpt(text: str, limit: int = 120) -> str:
