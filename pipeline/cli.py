@@ -1,4 +1,5 @@
-"""The ``dimflow`` command line: ``run`` a job, ``validate`` a manifest.
+"""The ``dimflow`` command line: ``run`` a job, ``validate`` a manifest, ``status`` and ``report`` of outputs,
+``eval`` a painter on a benchmark, ``submit`` to Kubernetes.
 
 Exit codes: 0 the run finished (rows may still have failed: see the summary and provenance),
 1 the run itself failed, 2 bad spec, manifest path or arguments (nothing was processed).
@@ -13,32 +14,19 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from pipeline import interrupt
-from pipeline.terminal import printable, set_secret_env_names, text
-
-EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-# painter.kind -> (architecture, model) named by the warning a 'tiny' checkpoint prints
-TINY_MODELS = {
-    "dim": ("DIM's", "DIM-4.6B"),
-    "qwen-image-edit": ("Qwen-Image-Edit's", "Qwen-Image-Edit"),
-    "longcat-image-edit": ("LongCat-Image-Edit's", "LongCat-Image-Edit"),
-}
-
-
-def tiny_warning(kind: str) -> str:
-    architecture, model = TINY_MODELS.get(kind, (f"painter kind {kind}'s", kind))
-    return (
-        f"a painter checkpoint is 'tiny': the painter is {architecture} architecture at toy size with RANDOM "
-        f"weights. Its images are noise-like and show only that the pipeline works, not what {model} paints."
-    )
-
-
-def labelled(label: str, message: object, *, style: str = "red", keep_newlines: bool = False) -> Text:
-    """``label message`` with the label in colour and the message made safe to print."""
-    return Text.assemble((label, style), " ", printable(message, keep_newlines=keep_newlines))
+from pipeline.execute import (  # noqa: F401 - tiny_warning, TINY_MODELS: part of this module's API
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    TINY_MODELS,
+    execute,
+    labelled,
+    tiny_warning,
+)
+from pipeline.terminal import text
+from transforms.schema import STATUSES
 
 
 def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -106,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = verbs.add_parser("status", help="the latest state of every id across all runs under an output")
     status.add_argument("output", help="the job's output root (local or gs://)")
-    status.add_argument("--status", choices=("ok", "failed", "skipped"), help="list only ids in this state")
+    status.add_argument("--status", choices=STATUSES, help="list only ids in this state")
     status.add_argument("--show", type=int, default=20, help="list at most this many ids")
     status.add_argument("--parquet", metavar="PATH", help="also write the whole latest-per-id table here")
 
@@ -117,6 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report here")
     report.add_argument("--max-pairs", type=int, default=48, help="before/after pairs per HTML page")
     report.add_argument("--page", type=int, default=1, help="which page of before/after pairs")
+    report.add_argument(
+        "--sort",
+        choices=("id", "score"),
+        default="id",
+        help="order of the HTML cards: by id (default), or by judge_overall, worst first (unjudged last)",
+    )
+
+    from pipeline.eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(verbs)
 
     validate = verbs.add_parser(
         "validate", help="check a manifest without running any model (same reading, limits and rules as run)"
@@ -139,7 +137,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -> int:
-    from pipeline.run import run_job
     from pipeline.spec import SpecError, load_spec
     from transforms.shards import shard_from_env
 
@@ -149,54 +146,15 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
     except SpecError as exc:
         console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
-    set_secret_env_names(spec.secret_env_names())
-    if "tiny" in spec.painter.checkpoints().values():
-        console.print(labelled("warning:", tiny_warning(spec.painter.kind), style="yellow"))
-    console.print(Text.assemble("dimflow: job ", text(spec.name, "bold"), ", manifest ", text(spec.manifest)))
     try:
         shard = shard_from_env(args.shard_index, args.num_shards)
-        if shard is not None:
-            console.print(text(f"shard {shard.index} of {shard.count}, run {args.run_id}"))
-        result = run_job(
-            spec,
-            beam_args,
-            console=console,
-            show_progress=not args.no_progress,
-            run_id=args.run_id,
-            shard=shard,
-        )
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except ValueError as exc:
         console.print(labelled("error:", exc, keep_newlines=True))
         return EXIT_BAD_INPUT
-    except Exception as exc:  # the run itself broke (not a row): say so and exit non-zero
-        console.print(labelled("run failed:", f"{type(exc).__name__}: {exc}", keep_newlines=True))
-        return EXIT_RUN_FAILED
-
-    from pipeline.progress import summary_table
-
-    console.print(summary_table(f"run {result.run_id}", result.counts, result.elapsed_s))
-    if result.stage == "design":
-        console.print(text(f"blueprints: {result.table_dir}"))
-    else:
-        console.print(text(f"images:     {result.images_dir}"))
-        console.print(text(f"provenance: {result.table_dir}"))
-    console.print(text(f"run record: {result.run_record}"))
-    if result.failures:
-        table = Table(title="failed rows (first 10)", title_justify="left")
-        for column in ("id", "stage", "error"):
-            table.add_column(column, overflow="fold")
-        for failure in result.failures:
-            table.add_row(
-                text(failure["id"] or "(unreadable row)"), text(failure["stage"]), text(failure["error"])
-            )
-        console.print(table)
-    if result.counts.get("failed"):
-        console.print(
-            f"{result.counts['failed']} row(s) failed; their stage and error are in the "
-            f"{'blueprint table' if result.stage == 'design' else 'provenance'} (status='failed').",
-            highlight=False,
-        )
-    return EXIT_OK
+    result = execute(
+        spec, beam_args, console, show_progress=not args.no_progress, run_id=args.run_id, shard=shard
+    )
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def _validate_inputs(args: argparse.Namespace):
@@ -274,7 +232,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
         from pipeline.report_html import render_html
 
-        page = render_html(report, run_table, max_pairs=args.max_pairs, page=args.page)
+        page = render_html(report, run_table, max_pairs=args.max_pairs, page=args.page, sort=args.sort)
         with FileSystems.create(args.html, mime_type="text/html") as handle:
             handle.write(page.encode("utf-8"))
     if args.json:
@@ -312,18 +270,80 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         for kind in report.failures_by_kind[:20]:
             kinds.add_row(text(kind["stage"]), text(kind["kind"]), f"{kind['rows']:,}")
         console.print(kinds)
+    if report.judge:
+        _print_judge(report.judge, console)
     if report.previous:
         prev = report.previous
         console.print(
             text(
-                f"previous run {prev['run_id']}: {prev['rows']:,} rows ({prev['by_status']['ok']:,} ok, "
-                f"{prev['by_status']['failed']:,} failed, {prev['by_status']['skipped']:,} skipped), "
-                f"{_fmt(prev['rows_per_hour'])} rows/hour"
+                f"previous run {prev['run_id']}: {prev['rows']:,} rows ("
+                + ", ".join(f"{n:,} {status}" for status, n in prev["by_status"].items())
+                + f"), {_fmt(prev['rows_per_hour'])} rows/hour"
             )
         )
     if args.html:
         console.print(text(f"html report: {args.html}"))
     return EXIT_OK
+
+
+def _print_judge(judge: dict, console: Console) -> None:
+    """The judge's part of `dimflow report` (pipeline/report_judge.py) as text."""
+    from pipeline.eval import NO_CATEGORY
+    from pipeline.report_judge import bar_lines
+
+    cost = "n/a (no price for a judge in the spec)" if judge["cost"] is None else f"${judge['cost']:,.4f}"
+    console.print(
+        text(
+            f"judge {', '.join(judge['judges']) or '-'}: {judge['judged_rows']:,} rows judged, "
+            f"{judge['judge_errors']:,} judge errors, {judge['judge_calls']:,} calls; tokens "
+            f"{judge['tokens_in']:,} in / {judge['tokens_out']:,} out, estimated cost {cost}"
+        )
+    )
+    console.print(text("judge_overall distribution (judged rows):"))
+    for line in bar_lines(judge["histogram"]):
+        console.print(text(line), soft_wrap=True)
+    means = Table(title="mean scores (judged rows; criteria 0-10, overall 0-1)", title_justify="left")
+    for column in (
+        "category",
+        "judged",
+        "instruction following",
+        "visual quality",
+        "preservation",
+        "overall",
+    ):
+        means.add_column(column, justify="left" if column == "category" else "right", overflow="fold")
+    for line in judge["by_category"]:
+        means.add_row(
+            text(line["category"] or NO_CATEGORY),
+            f"{line['judged']:,} / {line['rows']:,}",
+            *(_fmt(line[name]) for name in ("instruction_following", "visual_quality", "preservation")),
+            _score(line["judge_overall"]),
+        )
+    if judge["by_category"]:
+        means.add_section()
+    overall = judge["means"]
+    means.add_row(
+        "all rows",
+        f"{judge['judged_rows']:,}",
+        *(_fmt(overall[name]) for name in ("instruction_following", "visual_quality", "preservation")),
+        _score(overall["judge_overall"]),
+    )
+    console.print(means)
+    paints = ", ".join(f"{n} paint(s): {rows:,} rows" for n, rows in judge["paints_per_row"].items())
+    console.print(text(f"paints per row: {paints or '-'}"))
+    if judge["rejected_rows"]:
+        shown = judge["rejected_ids"]
+        more = judge["rejected_rows"] - len(shown)
+        console.print(
+            text(
+                f"rejected rows to review ({judge['rejected_rows']:,}): {', '.join(shown)}"
+                + (f" ... and {more:,} more (dimflow status OUTPUT --status rejected)" if more else "")
+            )
+        )
+
+
+def _score(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _warn_skipped(console: Console, lines: list[str]) -> None:
@@ -354,28 +374,28 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     if latest.num_rows == 0:
         console.print(text(f"no provenance under {args.output}"))
         return EXIT_BAD_INPUT
-    counts = {
-        s: int(pc.sum(pc.equal(latest.column("status"), s)).as_py() or 0) for s in ("ok", "failed", "skipped")
-    }
+    counts = {s: int(pc.sum(pc.equal(latest.column("status"), s)).as_py() or 0) for s in STATUSES}
     current = latest.num_rows - latest.column("current_output_uri").null_count
     console.print(
         text(
             f"{args.output}: {latest.num_rows} ids; latest state: {counts['ok']} ok, {counts['skipped']} "
-            f"skipped (already rendered), {counts['failed']} failed; {current} have a current image"
+            f"skipped (already rendered), {counts['rejected']} rejected (below quality.min_overall: review "
+            f"their images), {counts['failed']} failed; {current} have a current image"
         )
     )
     shown = latest if not args.status else latest.filter(pc.equal(latest.column("status"), args.status))
     table = Table(
         title=f"ids{f' ({args.status})' if args.status else ''}, first {args.show}", title_justify="left"
     )
-    for column in ("id", "status", "run", "current image / error"):
+    for column in ("id", "status", "run", "current image / image to review / error"):
         table.add_column(column, overflow="fold")
     for row in shown.slice(0, args.show).to_pylist():
-        detail = (
-            row["current_output_uri"]
-            if row["status"] != "failed"
-            else f"{row['error_stage']}: {row['error']}"
-        )
+        if row["status"] == "failed":
+            detail = f"{row['error_stage']}: {row['error']}"
+        elif row["status"] == "rejected":  # its image is not the id's current one: it awaits a person
+            detail = f"to review: {row['latest_output_uri']}"
+        else:
+            detail = row["current_output_uri"]
         table.add_row(text(row["id"]), text(row["status"]), text(row["run_id"]), text(detail))
     console.print(table)
     if args.parquet:
@@ -399,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     console = _console()
     if args.verb == "run":
         return _cmd_run(args, beam_args, console)
+    if args.verb == "eval":
+        from pipeline.eval_cli import cmd_eval
+
+        return cmd_eval(args, beam_args, console)
     if args.verb == "report" and not beam_args:
         return _cmd_report(args, console)
     if args.verb == "status" and not beam_args:

@@ -3,7 +3,8 @@
 Queries run in duckdb over the Arrow table read through Beam's filesystems (local or gs://, no duckdb
 network extension). Numbers: rows by status, failures by stage and error kind, throughput, latency
 percentiles, designer tokens and cost (prices from the job spec), retries, the painters' weights licenses
-(rows per license, and whether it allows commercial use), and the same figures of the previous run.
+(rows per license, and whether it allows commercial use), the judge's figures when the run had a judge
+(pipeline/report_judge.py), and the same figures of the previous run.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.report_judge import judge_figures
 from pipeline.run import read_provenance
 from transforms.painter.licenses import commercial_use
+from transforms.schema import STATUSES
 from transforms.tables import SkippedFile, log_skipped
 
-STATUSES = ("ok", "failed", "skipped")
 PERCENTILES = (0.5, 0.9, 0.99)
 
 
@@ -48,6 +50,8 @@ class RunReport:
     painter_licenses: list[dict[str, Any]] = field(default_factory=list)
     previous: dict[str, Any] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
+    # The judge's figures (pipeline/report_judge.py) when the run had a judge, else None.
+    judge: dict[str, Any] | None = None
     # Files under the output that were not read: damaged part files, older or incomplete writes,
     # unreadable run records ({path, reason}); the figures above are of the rest.
     skipped_files: list[dict[str, str]] = field(default_factory=list)
@@ -257,6 +261,8 @@ def build_report(output: str, run_id: str | None = None) -> tuple[RunReport, pa.
     records = read_run_records(output, skipped)
     spec = records.get(chosen, {}).get("spec", {})
     report = compute(con, chosen, spec)
+    run_table = table.filter(pa.compute.equal(table.column("run_id"), chosen))
+    report.judge = judge_figures(con, chosen, run_table, spec.get("prices") or {})
     report.skipped_files = [item.as_json() for item in skipped]
     index = order.index(chosen)
     if index > 0:
@@ -271,7 +277,6 @@ def build_report(output: str, run_id: str | None = None) -> tuple[RunReport, pa.
             "design_p50_s": before.latency_s["design"]["p50"],
             "cost": before.cost,
         }
-    run_table = table.filter(pa.compute.equal(table.column("run_id"), chosen))
     return report, run_table
 
 

@@ -1,8 +1,10 @@
 """`dimflow report --html`: one self-contained page (images and plots embedded as data URIs).
 
-Summary figures, the painters' weights licenses (rows per license), three plots (latency histogram, throughput over time, failures by stage), a contact
-sheet of before/after thumbnails with instruction and blueprint (one page of ``max_pairs`` ok rows),
-and every failed row with its stage and error.
+Summary figures, the painters' weights licenses (rows per license), three plots (latency histogram,
+throughput over time, failures by stage), the judge's figures when the run had a judge (an inline SVG
+histogram of ``judge_overall``, mean scores per criterion and category, paints per row, the rejected rows),
+a contact sheet of before/after thumbnails with instruction, blueprint and scores (one page of
+``max_pairs`` ok and rejected rows, by id or worst score first), and every failed row with its stage and error.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from typing import Any
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.eval import NO_CATEGORY
 from pipeline.report import RunReport, license_line
+from transforms.judge.scores import CRITERIA
 
 THUMB_PX = 192
 MAX_FAILED_LISTED = 2000
@@ -29,6 +34,8 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 .pair{border:1px solid #ccc;border-radius:6px;padding:8px}.pair img{width:192px;height:auto;margin-right:6px}
 .none{display:inline-block;width:192px;height:120px;background:#eef;color:#557;font-size:12px;text-align:center}
 .meta{font-size:12px;margin-top:6px}details{font-size:12px}.failed td{background:#fff4f2}
+.scores{font-size:12px;margin-top:4px;color:#334}.rejected{border-color:#c0504d;background:#fff8f6}
+.badge{background:#c0504d;color:#fff;border-radius:3px;padding:0 4px;font-size:11px}
 """
 
 
@@ -141,7 +148,129 @@ def _figures(report: RunReport) -> list[tuple[str, str]]:
     return lines
 
 
-def render_html(report: RunReport, run_table: pa.Table, *, max_pairs: int = 48, page: int = 1) -> str:
+SVG_W, SVG_H, SVG_PAD = 440, 200, 28
+
+
+def histogram_svg(bins: list[dict[str, Any]]) -> str:
+    """An inline SVG bar chart of rows per ``judge_overall`` bin (no plotting library, nothing fetched)."""
+    most = max((b["rows"] for b in bins), default=0) or 1
+    width = (SVG_W - 2 * SVG_PAD) / len(bins)
+    height = SVG_H - 2 * SVG_PAD
+    parts = [
+        f"<svg class='histogram' xmlns='http://www.w3.org/2000/svg' width='{SVG_W}' height='{SVG_H}' "
+        f"role='img' aria-label='judge_overall distribution'>",
+        f"<line x1='{SVG_PAD}' y1='{SVG_H - SVG_PAD}' x2='{SVG_W - SVG_PAD}' y2='{SVG_H - SVG_PAD}' stroke='#555'/>",
+    ]
+    for i, b in enumerate(bins):
+        bar = height * b["rows"] / most
+        x = SVG_PAD + i * width
+        parts.append(
+            f"<rect class='bin' data-rows='{b['rows']}' x='{x + 2:.1f}' y='{SVG_H - SVG_PAD - bar:.1f}' "
+            f"width='{width - 4:.1f}' height='{bar:.1f}' fill='#4f81bd'><title>{b['from']:.1f}-{b['to']:.1f}: "
+            f"{b['rows']:,} rows</title></rect>"
+        )
+        if b["rows"]:
+            parts.append(
+                f"<text x='{x + width / 2:.1f}' y='{SVG_H - SVG_PAD - bar - 3:.1f}' font-size='10' "
+                f"text-anchor='middle'>{b['rows']:,}</text>"
+            )
+        parts.append(
+            f"<text x='{x:.1f}' y='{SVG_H - SVG_PAD + 12}' font-size='10' text-anchor='middle'>{b['from']:.1f}</text>"
+        )
+    parts.append(
+        f"<text x='{SVG_W - SVG_PAD:.1f}' y='{SVG_H - SVG_PAD + 12}' font-size='10' text-anchor='middle'>1.0</text>"
+        f"<text x='{SVG_W / 2:.0f}' y='{SVG_H - 4}' font-size='11' text-anchor='middle'>judge_overall</text></svg>"
+    )
+    return "".join(parts)
+
+
+def _mean(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def judge_section(judge: dict[str, Any]) -> list[str]:
+    """The judge's figures: summary, histogram, means per criterion and category, paints, rejected ids."""
+    esc = html.escape
+    cost = "n/a (no price in the spec)" if judge["cost"] is None else f"${judge['cost']:,.4f}"
+    paints = ", ".join(f"{n}: {rows:,}" for n, rows in judge["paints_per_row"].items()) or "-"
+    figures = [
+        ("judge", ", ".join(judge["judges"]) or "-"),
+        ("rows judged", f"{judge['judged_rows']:,}"),
+        ("judge errors", f"{judge['judge_errors']:,}"),
+        ("judge calls", f"{judge['judge_calls']:,}"),
+        ("judge tokens in / out", f"{judge['tokens_in']:,} / {judge['tokens_out']:,}"),
+        ("judge estimated cost", cost),
+        ("rows per number of paints", paints),
+        ("rejected rows", f"{judge['rejected_rows']:,}"),
+    ]
+    parts = [
+        "<h2>Judge</h2><table class='figures judge'>",
+        *(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in figures),
+        "</table>",
+        histogram_svg(judge["histogram"]),
+        "<table class='means'><tr><th>category</th><th>judged / rows</th>"
+        + "".join(f"<th>{esc(name.replace('_', ' '))}</th>" for name in CRITERIA)
+        + "<th>overall</th></tr>",
+    ]
+    for line in judge["by_category"]:
+        parts.append(
+            f"<tr><td>{esc(line['category'] or NO_CATEGORY)}</td><td>{line['judged']:,} / {line['rows']:,}</td>"
+            + "".join(f"<td>{_mean(line[name])}</td>" for name in CRITERIA)
+            + f"<td>{_mean(line['judge_overall'], 3)}</td></tr>"
+        )
+    means = judge["means"]
+    parts.append(
+        f"<tr><td><b>all rows</b></td><td>{judge['judged_rows']:,}</td>"
+        + "".join(f"<td>{_mean(means[name])}</td>" for name in CRITERIA)
+        + f"<td>{_mean(means['judge_overall'], 3)}</td></tr></table>"
+    )
+    if judge["rejected_rows"]:
+        shown = judge["rejected_ids"]
+        more = judge["rejected_rows"] - len(shown)
+        parts.append(
+            f"<p class='rejected-ids'>Rejected rows to review ({judge['rejected_rows']:,}): "
+            + esc(", ".join(shown))
+            + (f" … and {more:,} more (dimflow status OUTPUT --status rejected)" if more else "")
+            + "</p>"
+        )
+    return parts
+
+
+def card_scores(row: dict[str, Any]) -> str:
+    """A card's scores line: each criterion, the overall, the judge's reason or error; empty when unjudged."""
+    esc = html.escape
+    if row.get("judge_overall") is None:
+        if row.get("judge_error"):
+            return f"<div class='scores'>judge error: {esc(row['judge_error'])}</div>"
+        return ""
+    try:
+        scores = json.loads(row.get("judge_scores") or "{}")
+    except ValueError:
+        scores = {}
+    shown = " · ".join(
+        f"{name.replace('_', ' ')} {esc(str(scores[name]))}" for name in CRITERIA if name in scores
+    )
+    reason = f"<br><i>{esc(row['judge_reason'])}</i>" if row.get("judge_reason") else ""
+    return (
+        f"<div class='scores' data-overall='{row['judge_overall']:.6f}'>{shown} · <b>overall "
+        f"{row['judge_overall']:.3f}</b>{reason}</div>"
+    )
+
+
+def card_order(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """The contact sheet's rows: by id, or by ``judge_overall`` worst first with unjudged rows last."""
+    if sort == "score":
+        return sorted(
+            rows, key=lambda r: (r.get("judge_overall") is None, r.get("judge_overall") or 0.0, r["id"])
+        )
+    if sort != "id":
+        raise ValueError(f"sort must be 'id' or 'score', got {sort!r}")
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def render_html(
+    report: RunReport, run_table: pa.Table, *, max_pairs: int = 48, page: int = 1, sort: str = "id"
+) -> str:
     rows = run_table.to_pylist()
     esc = html.escape
     parts = [
@@ -172,13 +301,16 @@ def render_html(report: RunReport, run_table: pa.Table, *, max_pairs: int = 48, 
     parts.append("<h2>Plots</h2><div class='plots'>")
     parts += [f"<img class='plot' alt='{esc(title)}' src='{uri}'>" for title, uri in plots(rows, report)]
     parts.append("</div>")
+    if report.judge:
+        parts += judge_section(report.judge)
 
-    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["id"])
+    ok = card_order([r for r in rows if r["status"] in ("ok", "rejected")], sort)
     first = (page - 1) * max_pairs
     shown = ok[first : first + max_pairs]
+    order = "worst judge_overall first, unjudged last" if sort == "score" else "by id"
     parts.append(
-        f"<h2>Before / after</h2><p>ok rows {first + 1 if shown else 0}–{first + len(shown)} of {len(ok):,}"
-        f"{' (more with --page)' if first + len(shown) < len(ok) else ''}</p><div class='sheet'>"
+        f"<h2>Before / after</h2><p>ok and rejected rows {first + 1 if shown else 0}–{first + len(shown)} of "
+        f"{len(ok):,}, {order}{' (more with --page)' if first + len(shown) < len(ok) else ''}</p><div class='sheet'>"
     )
     for row in shown:
         before = thumbnail(row["source_uri"])
@@ -194,9 +326,13 @@ def render_html(report: RunReport, run_table: pa.Table, *, max_pairs: int = 48, 
             if after
             else "<span class='none'>output unreadable now</span>"
         )
+        rejected = row["status"] == "rejected"
+        badge = " <span class='badge'>rejected</span>" if rejected else ""
+        category = f" <i>[{esc(row['category'])}]</i>" if row.get("category") else ""
         parts.append(
-            f"<div class='pair' data-id='{esc(row['id'])}'>{before_html}{after_html}"
-            f"<div class='meta'><b>{esc(row['id'])}</b>: {esc(row['instruction'] or '')}</div>"
+            f"<div class='pair{' rejected' if rejected else ''}' data-id='{esc(row['id'])}'>{before_html}{after_html}"
+            f"<div class='meta'><b>{esc(row['id'])}</b>{badge}{category}: {esc(row['instruction'] or '')}</div>"
+            f"{card_scores(row)}"
             f"<details><summary>blueprint ({esc(row['designer'] or '')})</summary>{esc(row['blueprint'] or '')}</details></div>"
         )
     parts.append("</div>")

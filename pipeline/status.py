@@ -1,8 +1,9 @@
 """`dimflow status OUTPUT`: the latest state of every id across all runs under an output.
 
 This is the view catalog users ask for ("the current render of each product"): for each id, the
-newest provenance row (its status, stage and error), and the newest image that is current (the
-output of its latest ``ok`` or ``skipped`` row, which may come from an earlier run).
+newest provenance row (its status, stage, error and image), and the newest image that is current (the
+output of its latest ``ok`` or ``skipped`` row, which may come from an earlier run). A ``rejected`` row's
+image (painted, below ``quality.min_overall``) is its newest image, to review, never the current one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ LATEST_SCHEMA = pa.schema(
         ("current_output_uri", pa.string()),  # newest ok/skipped image, even if the newest row failed
         ("current_render_key", pa.string()),
         ("current_run_id", pa.string()),
+        # the newest row's image: for a rejected row the image to review (never the current one)
+        ("latest_output_uri", pa.string()),
     ]
 )
 
@@ -58,6 +61,7 @@ def latest_per_id(provenance: pa.Table) -> pa.Table:
             error=row["error"],
             run_id=row["run_id"],
             finished_at=row["finished_at"],
+            latest_output_uri=row["output_uri"],
         )
         if row["status"] in ("ok", "skipped") and row["output_uri"]:
             entry.update(

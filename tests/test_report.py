@@ -25,6 +25,7 @@ from pipeline.spec import load_spec
 from tests.e2e_support import local_case
 from tests.fakes.gcs import DEFAULT_BUCKET, upload
 from tests.fakes.openai_server import FakeOpenAI
+from transforms.schema import STATUSES
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +83,7 @@ def _independent(output: str, run_id: str) -> dict:
     tout = sum(r["tokens_out"] or 0 for r in rows if r["designer"])
     return {
         "rows": table.num_rows,
-        "by_status": {
-            s: int(pc.sum(pc.equal(table.column("status"), s)).as_py() or 0)
-            for s in ("ok", "failed", "skipped")
-        },
+        "by_status": {s: int(pc.sum(pc.equal(table.column("status"), s)).as_py() or 0) for s in STATUSES},
         "failures_by_stage": {
             stage: sum(1 for r in rows if r["status"] == "failed" and r["error_stage"] == stage)
             for stage in {r["error_stage"] for r in rows if r["status"] == "failed"}
@@ -120,14 +118,15 @@ def test_figures_equal_an_independent_computation(runs):
     assert first_report.by_status["ok"] == 6 and first_report.tokens_out > 0
     latest, _ = build_report(output)  # default: the newest run
     assert latest.run_id == second and latest.previous["run_id"] == first
-    assert latest.by_status == {"ok": 1, "failed": 7, "skipped": 5}
+    assert latest.by_status == {"ok": 1, "failed": 7, "skipped": 5, "rejected": 0}
 
 
 def test_cli_json_and_text(runs, capsys):
     output, first, second = runs
     assert cli.main(["report", output, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["rows"] == 13 and data["by_status"] == {"ok": 1, "failed": 7, "skipped": 5}
+    assert data["rows"] == 13 and data["by_status"] == {"ok": 1, "failed": 7, "skipped": 5, "rejected": 0}
+    assert data["judge"] is None  # no judge in these runs: no judge part
     assert data["run_id"] == second and data["previous"]["run_id"] == first
     assert cli.main(["report", output, "--run", first]) == 0
     text = capsys.readouterr().err

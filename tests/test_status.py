@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pytest
 
 from pipeline.status import latest_per_id
 from transforms.schema import PROVENANCE_SCHEMA
@@ -58,3 +59,49 @@ def test_a_duplicate_does_not_hide_the_processed_row():
     ]
     (latest,) = latest_per_id(pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA)).to_pylist()
     assert latest["status"] == "ok" and latest["current_output_uri"] == "out/images/a/k.png"
+
+
+def test_a_rejected_row_is_shown_for_review_but_is_not_the_current_image():
+    rows = [
+        row("r1", "a", "ok", 1, output_uri="out/images/a/k1.png", render_key="k1"),
+        row("r2", "a", "rejected", 5, output_uri="out/images/a/k2.png", render_key="k2", judge_overall=0.2),
+        row("r2", "b", "rejected", 5, output_uri="out/images/b/k3.png", render_key="k3"),
+        row("r2", "c", "failed", 5, error_stage="paint", error="boom"),
+    ]
+    latest = {
+        r["id"]: r for r in latest_per_id(pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA)).to_pylist()
+    }
+    a, b = latest["a"], latest["b"]
+    assert (a["status"], a["latest_output_uri"]) == ("rejected", "out/images/a/k2.png")
+    assert (a["current_output_uri"], a["current_run_id"]) == ("out/images/a/k1.png", "r1")  # the ok one
+    assert (b["status"], b["latest_output_uri"], b["current_output_uri"]) == (
+        "rejected",
+        "out/images/b/k3.png",
+        None,
+    )
+    assert latest["c"]["latest_output_uri"] is None
+
+
+def test_cli_lists_rejected_ids_with_the_image_to_review(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from pipeline import cli
+
+    rows = [
+        row("r1", "a", "ok", 1, output_uri="out/images/a/k1.png"),
+        row("r2", "a", "rejected", 5, output_uri="out/images/a/k2.png"),
+        row("r2", "b", "ok", 5, output_uri="out/images/b/k3.png"),
+        row("r2", "c", "failed", 5, error_stage="paint", error="boom"),
+    ]
+    folder = tmp_path / "provenance" / "run=r2"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=PROVENANCE_SCHEMA), folder / "part-00000-of-00001.parquet"
+    )
+    assert cli.main(["status", str(tmp_path), "--status", "rejected"]) == 0
+    err = capsys.readouterr().err
+    assert "1 rejected" in err and "1 ok" in err and "1 failed" in err and "2 have a current image" in err
+    assert "to review: out/images/a/k2.png" in err
+    assert "out/images/b/k3.png" not in err and "boom" not in err  # only the rejected ids are listed
+    with pytest.raises(SystemExit):
+        cli.main(["status", str(tmp_path), "--status", "unknown"])

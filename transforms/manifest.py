@@ -20,8 +20,13 @@ The contract (see DESIGN.md, "Manifest"):
   (a null/NaN/empty cell is "absent": pandas writes missing ints as NaN).
 - ``metadata``: optional JSON object, or a string holding one (CSV), nested at most ``max_nesting``
   levels; stored as compact JSON text.
-- Aliases so public files work unchanged: ``key``->id, ``prompt``->instruction, ``image_path``->source.
-  Giving both names with different values is an error naming both.
+- ``category``: optional short label (at most ``MAX_CATEGORY_CHARS``, no control or bidi characters),
+  stored stripped; eval tables and reports group by it.
+- Aliases so public files work unchanged: ``key``->id, ``prompt``->instruction, ``image_path`` and
+  ``input_image``->source, ``edit_type`` and ``task_type``->category. Giving two names of one field with
+  different values is an error naming both.
+- An object of rows keyed by id (a ``.json`` file in ImgEdit-Bench's layout, ``RawRow.member``): the member
+  name is the id (a ``key`` field must agree) and the member's own ``id`` field is its source image's path.
 - Any other column is ignored (public manifests carry many); each file logs them once at WARNING and
   ``ValidationReport.ignored_columns`` lists them.
 
@@ -51,8 +56,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.duplicates import DuplicateIds
 from transforms.manifest_parse import (
+    CATEGORY_COLUMNS,
     FORMATS,
+    ID_COLUMNS,
+    INSTRUCTION_COLUMNS,
     KNOWN_COLUMNS,
+    SOURCE_COLUMNS,
     URI,
     ManifestRefused,
     RawRow,
@@ -98,8 +107,16 @@ MAX_SEED = 2**63 - 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ID_RULE = "1-128 characters from [A-Za-z0-9._-], and not '.' or '..'"
 
-# canonical name -> accepted alias
-ALIASES: dict[str, str] = {"id": "key", "instruction": "prompt", "source": "image_path"}
+# canonical name -> accepted aliases (benchmark layouts: ImgEdit-Bench's prompt/edit_type, GEdit-Bench's
+# key/instruction/task_type/input_image)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ID_COLUMNS[1:],
+    "instruction": INSTRUCTION_COLUMNS[1:],
+    "source": SOURCE_COLUMNS[1:],
+    "category": CATEGORY_COLUMNS[1:],
+}
+# A category is a short label (ImgEdit's edit_type, GEdit's task_type): eval tables and reports group by it.
+MAX_CATEGORY_CHARS = 64
 
 VALID = "valid"
 FAILED = "failed"
@@ -212,23 +229,64 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _take(data: dict[str, Any], name: str, problems: list[str]) -> Any:
-    """The value of ``name`` or its alias; a conflict between the two is a problem."""
-    alias = ALIASES.get(name)
-    value = data.get(name)
-    if alias is None:
-        return None if _absent(value) else value
-    other = data.get(alias)
-    if _absent(value):
-        return None if _absent(other) else other
-    if not _absent(other) and other != value:
-        problems.append(f"conflicts with its alias '{alias}' ({_show(value)} vs {_show(other)}); give one")
+def _given(data: dict[str, Any], names: Iterable[str]) -> list[tuple[str, Any]]:
+    """(name, value) of each of ``names`` that ``data`` gives a value for (not null, blank or NaN)."""
+    return [(name, data[name]) for name in names if name in data and not _absent(data[name])]
+
+
+def _one(given: list[tuple[str, Any]], problems: list[str]) -> Any:
+    """The first given value; another name giving a different value is a problem naming both."""
+    if not given:
+        return None
+    (name, value), others = given[0], given[1:]
+    for other, other_value in others:
+        if other_value != value:
+            problems.append(
+                f"conflicts with its alias '{other}' ({_show(value)} vs {_show(other_value)}); give one"
+                if name in ALIASES
+                else f"'{name}' and '{other}' disagree ({_show(value)} vs {_show(other_value)}); give one"
+            )
+            break
     return value
+
+
+def _take(data: dict[str, Any], name: str, problems: list[str]) -> Any:
+    """The value of ``name`` or one of its aliases; a conflict between them is a problem."""
+    return _one(_given(data, (name, *ALIASES.get(name, ()))), problems)
 
 
 def raw_id(data: dict[str, Any]) -> Any:
     """The row's id value as validation reads it (``id`` or its alias ``key``), before any checks."""
     return _take(data, "id", [])
+
+
+def raw_row_id(raw: RawRow) -> Any:
+    """The id value of a row as validation reads it: its member name in an object of rows, else ``raw_id``."""
+    if raw.member is not None:
+        return raw.member
+    return None if raw.data is None else raw_id(raw.data)
+
+
+def _member_fields(raw: RawRow, data: dict[str, Any], problems: dict[str, list[str]]) -> tuple[Any, Any]:
+    """(id, source) of a row of an object of rows keyed by id (ImgEdit-Bench's layout).
+
+    The member's name is the row's id; a ``key`` field must agree with it. The member's own ``id`` field
+    is, as in ImgEdit-Bench, the path of its source image (one more name for ``source``); an ``id`` equal to
+    the member name only repeats the id and is not a source.
+    """
+    assert raw.member is not None
+    for name, value in _given(data, ID_COLUMNS[1:]):
+        if value != raw.member:
+            problems["id"].append(
+                f"the member name {_show(raw.member)} and its '{name}' {_show(value)} disagree (in an object "
+                "of rows the member name is the row's id); give one"
+            )
+    inner = data.get("id")
+    repeats_id = isinstance(inner, str | int) and not isinstance(inner, bool) and str(inner) == raw.member
+    source = _one(
+        [*_given(data, SOURCE_COLUMNS), *([] if repeats_id else _given(data, ("id",)))], problems["source"]
+    )
+    return raw.member, source
 
 
 def _check_id(value: Any) -> tuple[str | None, str | None]:
@@ -327,6 +385,30 @@ def _check_metadata(value: Any, max_nesting: int) -> tuple[str | None, str | Non
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str), None
 
 
+def _check_category(value: Any) -> tuple[str | None, str | None]:
+    """A short label (ImgEdit's edit_type, GEdit's task_type), stored stripped; absent means none."""
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        return None, f"must be a string (a short label such as 'add'), got {type_name(value)}"
+    text = value.strip()
+    odd = _odd_character(text) or next(
+        (
+            f"contains control character U+{ord(ch):04X} at character {i}"
+            for i, ch in enumerate(text)
+            if ch in "\n\t\r"
+        ),
+        None,
+    )
+    if odd:
+        return None, odd
+    if not any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text):
+        return None, "empty (only invisible characters such as zero-width spaces)"
+    if len(text) > MAX_CATEGORY_CHARS:
+        return None, f"{len(text)} characters, over the {MAX_CATEGORY_CHARS} a category label may have"
+    return text, None
+
+
 _SCHEME_OK: dict[str, str | None] = {}
 
 
@@ -383,6 +465,11 @@ def _check_source(
 ) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
+    if isinstance(value, dict) and "bytes" in value:
+        return None, (
+            "holds an embedded image (an object with 'bytes', as Hugging Face datasets store images), not a "
+            "path: dimflow reads sources from files; write the images to files and give their paths"
+        )
     if not isinstance(value, str):
         return None, f"must be a string (a path or URI), got {type_name(value)}"
     if not value.strip():
@@ -449,32 +536,46 @@ def check_row(
         found.extend((name, c) for c in conflicts)
         return value
 
-    row_id, id_problem = _check_id(take("id"))
+    if raw.member is None:
+        given_id, given_source = take("id"), take("source")
+    else:  # an object of rows keyed by id (ImgEdit-Bench's layout)
+        conflicts: dict[str, list[str]] = {"id": [], "source": []}
+        given_id, given_source = _member_fields(raw, data, conflicts)
+        found.extend((name, c) for name, messages in conflicts.items() for c in messages)
+    row_id, id_problem = _check_id(given_id)
     instruction, instruction_problem = _check_instruction(take("instruction"), limits.max_instruction_chars)
-    blank = any(isinstance(data.get(n), str) for n in ("instruction", "prompt"))
+    blank = any(isinstance(data.get(n), str) for n in INSTRUCTION_COLUMNS)
     if instruction_problem and instruction_problem.startswith("required") and blank:
         instruction_problem = "empty (blank after stripping whitespace)"
-    source, source_problem = _check_source(take("source"), manifest_dir, limits.source_roots)
+    source, source_problem = _check_source(given_source, manifest_dir, limits.source_roots)
     seed, seed_problem = _check_seed(take("seed"))
     metadata, metadata_problem = _check_metadata(take("metadata"), limits.max_nesting)
+    category, category_problem = _check_category(take("category"))
     for name, problem in (
         ("id", id_problem),
         ("instruction", instruction_problem),
         ("source", source_problem),
         ("seed", seed_problem),
         ("metadata", metadata_problem),
+        ("category", category_problem),
     ):
         if problem:
             found.append((name, problem))
     valid_id = row_id if id_problem is None and not any(n == "id" for n, _ in found) else None
     if found:
-        order = {"id": 0, "instruction": 1, "source": 2, "seed": 3, "metadata": 4}
+        order = {"id": 0, "instruction": 1, "source": 2, "seed": 3, "metadata": 4, "category": 5}
         found.sort(key=lambda item: order[item[0]])
         problems = tuple(Problem(ref, row_id, name, message) for name, message in found)
         return RowCheck(raw, None, problems, valid_id, STAGE_VALIDATE)
     assert row_id is not None and instruction is not None
     row = ManifestRow(
-        id=row_id, instruction=instruction, source=source, seed=seed, metadata=metadata, ref=ref
+        id=row_id,
+        instruction=instruction,
+        source=source,
+        seed=seed,
+        metadata=metadata,
+        ref=ref,
+        category=category,
     )
     return RowCheck(raw, row, (), row_id, STAGE_VALIDATE)
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 from transforms.manifest_stream import (
     CHUNK,
     HEAD_BYTES,
+    NESTING_CEILING,
     ByteStream,
     ManifestLimits,
     StreamBroken,
@@ -49,7 +50,11 @@ FORMATS: dict[str, str] = {
 CSV_DELIMITERS = (",", ";", "\t", "|")
 ID_COLUMNS = ("id", "key")
 INSTRUCTION_COLUMNS = ("instruction", "prompt")
-KNOWN_COLUMNS = frozenset({"id", "key", "instruction", "prompt", "source", "image_path", "seed", "metadata"})
+SOURCE_COLUMNS = ("source", "image_path", "input_image")
+CATEGORY_COLUMNS = ("category", "edit_type", "task_type")
+KNOWN_COLUMNS = frozenset(
+    {*ID_COLUMNS, *INSTRUCTION_COLUMNS, *SOURCE_COLUMNS, *CATEGORY_COLUMNS, "seed", "metadata"}
+)
 
 URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BOM = b"\xef\xbb\xbf"
@@ -71,6 +76,9 @@ class RawRow:
     # Set when the manifest was planned in chunks (transforms/chunks.py): an earlier row of the whole
     # manifest has this row's id, so it fails as that row's duplicate.
     first_ref: RowRef | None = None
+    # The member name of a row read from an object of rows keyed by id (ImgEdit-Bench's layout): the
+    # row's id (validation reads the member's own ``id`` field as its source image; see check_row).
+    member: str | None = None
 
 
 class ManifestRefused(ValueError):
@@ -512,62 +520,91 @@ def _read_element(buffer: _Buffer, max_bytes: int) -> _Element:
             return _Element(data, size, scanner.deepest, None, complete, preview or (data or b"")[:_PREVIEW])
 
 
-def _parse_json_array(path: str, stream: ByteStream, limits: ManifestLimits) -> Iterator[RawRow]:
-    """A JSON array, element by element (never the whole file in memory); row N is element N."""
+@dataclass(frozen=True)
+class _Container:
+    """How one kind of JSON container of rows is read: an array (element N is row N) or an object of
+    rows keyed by id (member N is row N)."""
+
+    opener: int
+    closer: int
+    name: str  # in messages: "array" / "object"
+    unit: str  # "element" / "member"
+
+
+_ARRAY = _Container(ord("["), ord("]"), "array", "element")
+_OBJECT = _Container(ord("{"), ord("}"), "object", "member")
+
+
+def _parse_json_container(
+    path: str, stream: ByteStream, limits: ManifestLimits, shape: _Container
+) -> Iterator[RawRow]:
+    """A JSON array of rows or object of rows, one element/member at a time (never the whole file in
+    memory); row N is element/member N."""
     buffer = _Buffer(stream)
     buffer.next_byte()
-    buffer.pos += 1  # the '[' (the caller saw it)
+    buffer.pos += 1  # the opener (the caller saw it)
     index = 0
-    if buffer.next_byte() == ord("]"):
+    unit, name = shape.unit, f"JSON {shape.name}"
+    if buffer.next_byte() == shape.closer:
         buffer.pos += 1
     else:
         while True:
             index += 1
             ref = RowRef(path, index)
             if buffer.next_byte() is None and buffer.broken is None:
-                message = f"the JSON array is not closed: the file ends where element {index} should start"
+                message = f"the {name} is not closed: the file ends where {unit} {index} should start"
                 yield RawRow(ref, None, message, "")
                 return
             element = _read_element(buffer, limits.max_row_bytes)
             if buffer.broken is not None and element.terminator is None:
-                yield RawRow(ref, None, buffer.broken.describe(_after("element", index - 1)), "")
+                yield RawRow(ref, None, buffer.broken.describe(_after(unit, index - 1)), "")
                 return
-            yield _element_row(ref, element, limits)
+            yield _element_row(ref, element, limits, shape)
             if element.terminator is None:
                 if element.complete:
                     yield RawRow(
                         RowRef(path, index + 1),
                         None,
-                        f"the JSON array is not closed: the file ends after element {index} without its "
-                        "']' (truncated?); elements after it may be missing",
+                        f"the {name} is not closed: the file ends after {unit} {index} without its "
+                        f"{chr(shape.closer)!r} (truncated?); {unit}s after it may be missing",
                         "",
                     )
                 return
-            if element.terminator == ord("]"):
+            if element.terminator == shape.closer:
                 break
+            if element.terminator != _COMMA:  # the other kind of closer: the file is not valid JSON
+                yield RawRow(
+                    RowRef(path, index + 1),
+                    None,
+                    f"the {name} is closed by {chr(element.terminator)!r} after {unit} {index}, not by "
+                    f"{chr(shape.closer)!r}; the file is not valid JSON",
+                    "",
+                )
+                return
     following = buffer.next_byte()
     if following is not None:
         rest = bytes(buffer.buf[buffer.pos : buffer.pos + _PREVIEW])
         yield RawRow(
-            RowRef(path, index + 1), None, "unexpected data after the end of the JSON array", _preview(rest)
+            RowRef(path, index + 1), None, f"unexpected data after the end of the {name}", _preview(rest)
         )
     elif buffer.broken is not None:
-        yield RawRow(RowRef(path, index + 1), None, buffer.broken.describe(_after("element", index)), "")
+        yield RawRow(RowRef(path, index + 1), None, buffer.broken.describe(_after(unit, index)), "")
 
 
-def _element_row(ref: RowRef, element: _Element, limits: ManifestLimits) -> RawRow:
+def _element_row(ref: RowRef, element: _Element, limits: ManifestLimits, shape: _Container) -> RawRow:
+    unit = shape.unit
     if element.data is None:
         return RawRow(
             ref,
             None,
-            f"element is over limits.max_row_bytes={limits.max_row_bytes} ({element.size}+ bytes); it is skipped",
+            f"{unit} is over limits.max_row_bytes={limits.max_row_bytes} ({element.size}+ bytes); it is skipped",
             _preview(element.preview),
         )
     if element.terminator is None and not element.complete:
         return RawRow(
             ref,
             None,
-            "the file ends inside this element: the JSON array is not closed (truncated?)",
+            f"the file ends inside this {unit}: the JSON {shape.name} is not closed (truncated?)",
             _preview(element.data),
         )
     problem = nesting_problem(element.deepest, limits.max_nesting)
@@ -578,22 +615,95 @@ def _element_row(ref: RowRef, element: _Element, limits: ManifestLimits) -> RawR
     except UnicodeDecodeError as exc:
         return _not_utf8(ref, element.data, exc)
     if not text.strip():
-        return RawRow(ref, None, "not valid JSON (an empty array element: a stray ',')", "")
+        return RawRow(ref, None, f"not valid JSON (an empty {unit}: a stray ',')", "")
+    if shape is _OBJECT:
+        return _member_row(ref, text.strip())
     return _json_row(ref, text.strip(), limits)
 
 
+def _member_row(ref: RowRef, text: str) -> RawRow:
+    """One ``"name": {row}`` member of an object of rows (its nesting already checked)."""
+    try:
+        member = json.loads("{" + text + "}")  # one member: the scanner splits at top-level commas
+    except ValueError as exc:
+        return RawRow(ref, None, f"not a valid JSON object member ({json_error(exc)})", text)
+    ((name, value),) = member.items()
+    if not isinstance(value, dict):
+        return RawRow(
+            ref,
+            None,
+            f"member {name[:80]!r} is not a JSON object (got {type_name(value)}); an object of rows maps each "
+            "row's id to the row, as ImgEdit-Bench's JSON does",
+            text,
+        )
+    return RawRow(ref, value, None, text, member=name)
+
+
+_MEMBER_NAME = re.compile(rb'\s*"((?:[^"\\]|\\.)*)"\s*:\s*(.)', re.DOTALL)
+
+
+def json_layout(head: bytes, whole: bool) -> str:
+    """How a ``.json`` file starting with ``head`` (its first 64 KiB; ``whole``: all of it) holds rows:
+    ``array`` (``[`` first), ``object`` (one JSON object whose first member holds an object and is not a
+    row column: an object of rows keyed by id, as ImgEdit-Bench's JSON), else ``lines`` (JSON lines).
+
+    A first line that is a complete JSON object followed by more data is JSON lines, whatever its
+    members are: only a file that is one object is read as an object of rows.
+    """
+    text = head.removeprefix(_BOM).lstrip()
+    if text[:1] == b"[":
+        return "array"
+    first = _MEMBER_NAME.match(text, 1) if text[:1] == b"{" else None
+    if first is None or first.group(2) != b"{":
+        return "lines"
+    try:
+        name = json.loads(b'"' + first.group(1) + b'"')
+    except ValueError:
+        return "lines"
+    if name in KNOWN_COLUMNS:
+        return "lines"
+    newline = text.find(b"\n")
+    line = (text if newline < 0 else text[:newline]).decode("utf-8", errors="replace")
+    if json_nesting(line) > NESTING_CEILING:  # read as lines: each says how deep it nests
+        return "lines"
+    try:
+        _, end = json.JSONDecoder().raw_decode(line)
+    except ValueError:
+        return "object"  # the object goes on past its first line (pretty-printed, or longer than the head)
+    after = line[end:].strip() or (newline >= 0 and text[newline:].strip())
+    return "object" if whole and not after else "lines"
+
+
 def _parse_json(path: str, stream: ByteStream, limits: ManifestLimits) -> Iterator[RawRow]:
-    """A ``.json`` file: a JSON array of objects, or (most often) JSON lines."""
-    head, _broken = read_head(stream)  # a break stays with the stream: raised again after these bytes
-    is_array = head.removeprefix(_BOM).lstrip()[:1] == b"["
-    stream.unread(head.removeprefix(_BOM) if is_array else head)
-    if is_array:
-        yield from _parse_json_array(path, stream, limits)
+    """A ``.json`` file: a JSON array of rows, an object of rows keyed by id, or JSON lines (``json_layout``)."""
+    head, broken = read_head(stream)  # a break stays with the stream: raised again after these bytes
+    layout = json_layout(head, whole=len(head) < HEAD_BYTES and broken is None)
+    stream.unread(head.removeprefix(_BOM) if layout != "lines" else head)
+    if layout == "array":
+        yield from _parse_json_container(path, stream, limits, _ARRAY)
+    elif layout == "object":
+        yield from _parse_json_container(path, stream, limits, _OBJECT)
     else:
         yield from _parse_jsonl(path, stream, limits)
 
 
 # --- Parquet --------------------------------------------------------------------------------------
+
+
+def _binary_hint(record: dict[str, Any]) -> str:
+    """Why a Parquet row is so big when it embeds binary data (images stored as bytes, as Hugging Face
+    datasets such as GEdit-Bench's do): dimflow reads sources from files."""
+    names = [
+        str(name)
+        for name, value in record.items()
+        if isinstance(value, bytes) or (isinstance(value, dict) and isinstance(value.get("bytes"), bytes))
+    ]
+    if not names:
+        return ""
+    return (
+        f"; column(s) {', '.join(repr(n) for n in names[:5])} embed binary data (images as bytes?): dimflow "
+        "reads sources from files, so write the images to files and give their paths"
+    )
 
 
 def _parse_parquet(path: str, handle: IO[bytes], limits: ManifestLimits) -> Iterator[RawRow]:
@@ -626,6 +736,7 @@ def _parse_parquet(path: str, handle: IO[bytes], limits: ManifestLimits) -> Iter
                 if size > limits.max_row_bytes:
                     message = (
                         f"row is over limits.max_row_bytes={limits.max_row_bytes} ({size} bytes as JSON)"
+                        + _binary_hint(record)
                     )
                     yield RawRow(ref, None, message, raw[:_PREVIEW])
                     continue

@@ -93,6 +93,7 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         source_uri=manifest.source,
         instruction=manifest.instruction,
         metadata=manifest.metadata,
+        category=manifest.category,
         source_sha256=record.source_sha256,
         source_width=record.source_width,
         source_height=record.source_height,

@@ -46,6 +46,7 @@ class ManifestRow:
     seed: int | None
     metadata: str | None  # JSON text, passed through
     ref: RowRef
+    category: str | None = None  # the manifest's category label (alias edit_type, task_type)
 
 
 @dataclass(frozen=True)

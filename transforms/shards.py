@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from transforms.manifest import RawRow, raw_id
+from transforms.manifest import RawRow, raw_row_id
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ class Shard:
 
 
 def shard_key(raw: RawRow) -> str:
-    """The row's id as validation will read it (``id`` or its alias), else its position."""
-    if raw.data is not None:
-        value = raw_id(raw.data)
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            return f"id:{value}"
+    """The row's id as validation will read it (``id``, its alias, or its member name in an object of rows),
+    else its position."""
+    value = raw_row_id(raw)
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return f"id:{value}"
     return f"ref:{raw.ref.file}:{raw.ref.index}"
 
 
