@@ -196,6 +196,12 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str], console: Console) -
             f"{'blueprint table' if result.stage == 'design' else 'provenance'} (status='failed').",
             highlight=False,
         )
+    if result.counts.get("rejected"):
+        console.print(
+            f"{result.counts['rejected']} row(s) rejected: judged below quality.min_overall after "
+            "quality.max_paints paints; their best image is kept, for review (provenance status='rejected').",
+            highlight=False,
+        )
     return EXIT_OK
 
 

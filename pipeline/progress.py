@@ -113,6 +113,8 @@ def progress_line(counts: Mapping[str, int], elapsed_s: float, total: int | None
     text.append(f"failed {counts.get('failed', 0)}  ", style="red" if counts.get("failed") else "")
     if counts.get("skipped"):
         text.append(f"skipped {counts['skipped']}  ", style="yellow")
+    if counts.get("rejected"):
+        text.append(f"rejected {counts['rejected']}  ", style="magenta")
     text.append(f"{format_rate(done, elapsed_s)}  {elapsed_s:,.1f}s")
     return text
 
@@ -124,7 +126,9 @@ def summary_table(title: str, counts: Mapping[str, int], elapsed_s: float | None
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
-    for status in ("ok", "failed", "skipped"):
+    # rejected (judged below quality.min_overall) only where there are some: a job without a judge has none
+    shown = ("ok", "failed", "skipped", *(("rejected",) if counts.get("rejected") else ()))
+    for status in shown:
         n = counts.get(status, 0)
         table.add_row(status, f"{n:,}", f"{(100.0 * n / total) if total else 0:.1f}%")
     table.add_section()
