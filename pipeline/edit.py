@@ -1,7 +1,11 @@
-"""Assemble the bulk-edit pipeline: read -> validate -> fetch -> design -> paint -> write -> provenance.
+"""Assemble the bulk-edit pipeline: read -> validate -> fetch -> design -> paint -> write -> [judge ->
+repaint -> ...] -> provenance.
 
 Every stage routes its failures to a dead-letter PCollection of ``Failure``; all of them are flattened
-into the provenance write, so each manifest row yields exactly one provenance row per run.
+into the provenance write, so each manifest row yields exactly one provenance row per run. With a judge
+(``judge.kind``), written rows are judged and those below ``quality.min_overall`` painted again, the loop
+unrolled at build time up to ``quality.max_paints`` paints (``_best_of_n``; the decisions are
+``transforms.quality``'s); every row leaves it exactly once, ``ok`` or ``rejected``.
 
 No image bytes or pixels cross a stage boundary: records carry the source's URI and sha256, the
 designer and painter read the source again where they use it (``transforms.reread``), and each mode's
@@ -11,11 +15,12 @@ embedded runner keeps whole PCollections in memory between stages).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +36,14 @@ from transforms.designer.registry import make_provider
 from transforms.designer.stage import DesignRecords
 from transforms.history import HistoryIndex
 from transforms.incremental import SkipRendered
+from transforms.judge.base import JudgeProvider
+from transforms.judge.scores import repaint_seed
+from transforms.judge.stage import JudgeRecords
 from transforms.painter.base import Painting, PaintParams, PaintRequest
 from transforms.painter.handler import PainterModelHandler, PaintFailure
 from transforms.painter.licenses import PainterLicense
 from transforms.provenance import RunContext, provenance_row
+from transforms.quality import REPAINT, decide, repaint_failed
 from transforms.records import (
     STAGE_PAINT,
     STAGE_VALIDATE,
@@ -57,7 +66,8 @@ MODES = ("edit", "t2i")
 
 @dataclass(frozen=True)
 class JobKeys:
-    """Configuration that names outputs: the designer and painter parts of the render key."""
+    """Configuration that names outputs: the designer and painter parts of the render key, and the judge's
+    part of the quality key."""
 
     designer_config: dict[str, Any]
     painter_config: dict[str, Any]
@@ -66,6 +76,10 @@ class JobKeys:
     # mode -> the license of that checkpoint's weights (provenance ``painter_license``; not in the render
     # key: it does not change pixels)
     painter_licenses: dict[str, PainterLicense] = field(default_factory=dict)
+    # The judge's ``config()`` (model, rubric, sampling: never keys or rate limits); None: no judge stage.
+    judge_config: dict[str, Any] | None = None
+    min_overall: float | None = None  # quality.min_overall
+    max_paints: int = 1  # quality.max_paints
 
     def design_key(self, record: EditRecord) -> str:
         return schema.design_key(
@@ -75,17 +89,31 @@ class JobKeys:
         )
 
     def with_keys(self, record: EditRecord) -> EditRecord:
-        """The record with its design key, seed and render key (what names its blueprint and image).
+        """The record with its design key, seed and render key (what names its blueprint and image) and,
+        with a judge, its quality key (what an incremental run looks its outcome up by).
 
         A design-only job has no checkpoint hashes (its pods need no painter weights): no render key.
         """
         record = record.evolve(design_key=self.design_key(record))
         if not self.checkpoint_sha256:
             return record
-        return self.with_render_key(record)
+        record = self.with_render_key(record)
+        if self.judge_config is None:
+            return record
+        assert record.render_key is not None
+        return record.evolve(
+            quality_key=schema.quality_key(
+                render_key=record.render_key,
+                judge_config=self.judge_config,
+                min_overall=self.min_overall,
+                max_paints=self.max_paints,
+            )
+        )
 
-    def with_render_key(self, record: EditRecord) -> EditRecord:
-        seed = record.row.seed if record.row.seed is not None else self.default_seed
+    def with_render_key(self, record: EditRecord, seed: int | None = None) -> EditRecord:
+        """The record with ``seed`` (default: the row's own, else ``painter.seed``) and its render key."""
+        if seed is None:
+            seed = record.row.seed if record.row.seed is not None else self.default_seed
         mode = row_mode(record.row)
         key = schema.render_key(
             source_sha256=record.source_sha256,
@@ -96,6 +124,32 @@ class JobKeys:
             seed=seed,
         )
         return record.evolve(seed=seed, render_key=key)
+
+    def for_paint(self, record: EditRecord, attempt: int) -> EditRecord:
+        """A judged record made ready for paint ``attempt`` (2, 3, ...): the next seed of its sequence
+        (``repaint_seed`` of its first paint's seed), that seed's render key (which names the new image), and
+        no image or painter fields yet (the earlier paints stay in ``record.judging``)."""
+        assert record.judging is not None and record.judging.attempts, "only a judged row is repainted"
+        seed = repaint_seed(record.judging.attempts[0].seed, attempt)
+        return self.with_render_key(record, seed).evolve(
+            output_uri=None, output_sha256=None, paint={}, paint_s=None, finished_at=None
+        )
+
+
+def judge_factory(spec: JobSpec) -> Callable[[], JudgeProvider] | None:
+    """What builds the job's judge on a worker (and on the driver, for ``config()`` and ``preflight()``);
+    None for ``judge.kind: none``. The providers are imported only when a job has a judge.
+
+    The rubric file (``judge.rubric``) is read here, on the driver, and travels inside the judge config:
+    workers never read it (on Kubernetes or Dataflow it may not exist there). A bad file raises
+    ``RubricError`` naming the file and field."""
+    if spec.judge.kind == "none":
+        return None
+    from transforms.judge.registry import make_judge
+    from transforms.judge.rubric import load_rubric
+
+    config = {**spec.judge.model_dump(), "rubric": load_rubric(spec.judge.rubric)}
+    return functools.partial(make_judge, config)
 
 
 def painter_config(spec: JobSpec) -> dict[str, Any]:
@@ -368,6 +422,78 @@ class PaintMode(beam.PTransform):
         return written.ok, failures
 
 
+def _paint(
+    records: beam.PCollection, spec: JobSpec, run_id: str, attempt: int = 1
+) -> dict[str, tuple[beam.PCollection, beam.PCollection]]:
+    """Paint ``attempt`` of each mode's records: mode -> (written records, failures), for each mode the job
+    has a checkpoint for. Labels: ``Paint[edit]`` for the first paint, ``Repaint2[edit]``, ... for repaints."""
+    painter = spec.painter
+    checkpoints = painter.checkpoints()
+    prefix = "" if attempt == 1 else str(attempt)
+    by_mode = records | f"ByMode{prefix}" >> beam.Partition(
+        lambda record, _n: MODES.index(row_mode(record.row)), len(MODES)
+    )
+    painted = {}
+    for mode, mode_records in zip(MODES, by_mode, strict=True):
+        if mode not in checkpoints:
+            continue  # check_job_row already failed these rows; this branch stays empty
+        # Each mode writes its images inside PaintMode, before any Flatten: a Flatten is a stage boundary,
+        # where the embedded runner holds the whole PCollection in memory, and the painted elements hold
+        # the source's bytes and the painted image. Only small records and failures leave it. Every paint
+        # stage's handler loads the same painter: one per process (``PainterModelHandler.load_model``).
+        paint = PaintMode(
+            painter_handler(spec, mode, run_id), source_limits(spec), spec.output, painter.output_format
+        )
+        label = f"Paint[{mode}]" if attempt == 1 else f"Repaint{attempt}[{mode}]"
+        painted[mode] = mode_records | label >> paint.with_resource_hints(
+            **spec.runner.paint_resource_hints()
+        )
+    return painted
+
+
+def _best_of_n(
+    painted: list[beam.PCollection],
+    spec: JobSpec,
+    keys: JobKeys,
+    make_judge: Callable[[], JudgeProvider],
+    run_id: str,
+) -> list[beam.PCollection]:
+    """Judge the painted rows and repaint those below ``quality.min_overall`` (``transforms.quality``), the
+    loop unrolled at build time: ``Judge1``, ``Decide1``, ``Repaint2[edit]``, ``Judge2``, ... up to
+    ``quality.max_paints``. Returns the finished rows (``ok`` or ``rejected``, each once): a repaint that
+    fails becomes its row's ``rejected`` record here, never a failure (the row has an image)."""
+    quality = spec.quality
+    limits = source_limits(spec)
+    # Painted images lie under the output, not under limits.source_roots; the same byte and time limits.
+    image_limits = dataclasses.replace(limits, source_roots=None)
+    finished = []
+    to_judge = painted | "Painted" >> beam.Flatten()
+    for attempt in range(1, quality.max_paints + 1):
+        judged = to_judge | f"Judge{attempt}" >> JudgeRecords(
+            make_judge,
+            source_limits=limits,
+            image_limits=image_limits,
+            max_batch_size=spec.judge.max_concurrency,
+        )
+        decided = judged | f"Decide{attempt}" >> beam.FlatMap(
+            decide, quality.min_overall, quality.max_paints
+        ).with_outputs(REPAINT, main="finished")
+        finished.append(decided.finished)
+        if attempt == quality.max_paints:  # the last decision repaints nothing
+            break
+        again = decided[REPAINT] | f"Reseed{attempt + 1}" >> beam.Map(keys.for_paint, attempt + 1)
+        repainted = _paint(again, spec, run_id, attempt + 1)
+        for mode, (_written, failures) in repainted.items():
+            finished.append(
+                failures
+                | f"RepaintFailed{attempt + 1}[{mode}]"
+                >> beam.Map(repaint_failed, quality.min_overall, quality.max_paints)
+            )
+        written = [written for written, _failures in repainted.values()]
+        to_judge = written | f"Repainted{attempt + 1}" >> beam.Flatten()
+    return finished
+
+
 def build(
     pipeline: beam.Pipeline,
     spec: JobSpec,
@@ -433,7 +559,11 @@ def build(
     skipped = []
     if spec.incremental and spec.stage != "design":  # a design run has no render keys
         done = keyed | "SkipRendered" >> SkipRendered(
-            spec.output, spec.painter.output_format, provenance_files or [], index=history
+            spec.output,
+            spec.painter.output_format,
+            provenance_files or [],
+            index=history,
+            judged=keys.judge_config is not None,
         )
         keyed, skipped = done.todo, [done.skipped]
     early_failures = [validated.failed, moded.failed, fetched.failed]
@@ -453,26 +583,12 @@ def build(
     if spec.stage == "design":
         return
 
-    painter = spec.painter
-    checkpoints = painter.checkpoints()
-    by_mode = designed | "ByMode" >> beam.Partition(
-        lambda record, _n: MODES.index(row_mode(record.row)), len(MODES)
-    )
-    written_parts, paint_failed_parts = [], []
-    for mode, records in zip(MODES, by_mode, strict=True):
-        if mode not in checkpoints:
-            continue  # check_job_row already failed these rows; this branch stays empty
-        # Each mode writes its images inside PaintMode, before any Flatten: a Flatten is a stage boundary,
-        # where the embedded runner holds the whole PCollection in memory, and the painted elements hold
-        # the source's bytes and the painted image. Only small records and failures leave it.
-        paint = PaintMode(
-            painter_handler(spec, mode, run_id), source_limits(spec), spec.output, painter.output_format
-        )
-        written, failed = records | f"Paint[{mode}]" >> paint.with_resource_hints(
-            **spec.runner.paint_resource_hints()
-        )
-        written_parts.append(written)
-        paint_failed_parts.append(failed)
+    painted = _paint(designed, spec, run_id)
+    written_parts = [written for written, _failed in painted.values()]
+    paint_failed_parts = [failed for _written, failed in painted.values()]
+    make_judge = judge_factory(spec)
+    if make_judge is not None:
+        written_parts = _best_of_n(written_parts, spec, keys, make_judge, run_id)
 
     failures = (*early_failures, *design_failures, *paint_failed_parts) | "AllFailures" >> beam.Flatten()
     rows = (

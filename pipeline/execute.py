@@ -96,4 +96,10 @@ def execute(
             f"{'blueprint table' if result.stage == 'design' else 'provenance'} (status='failed').",
             highlight=False,
         )
+    if result.counts.get("rejected"):
+        console.print(
+            f"{result.counts['rejected']} row(s) rejected: judged below quality.min_overall after "
+            "quality.max_paints paints; their best image is kept, for review (provenance status='rejected').",
+            highlight=False,
+        )
     return result

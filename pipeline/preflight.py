@@ -14,10 +14,13 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import edit
 from pipeline.spec import JobSpec
 from transforms.deadline import DeadlineExceeded, call_with_deadline
 from transforms.designer.base import DesignerSetupError
 from transforms.designer.registry import make_provider
+from transforms.judge.base import JudgeProvider, JudgeSetupError
+from transforms.judge.rubric import RubricError
 from transforms.manifest import ManifestLimits, match_manifest
 from transforms.painter.licenses import PainterLicense, painter_license, takes_declared_license
 from transforms.storage import UnsafeOutputError, check_output_folders, is_remote, write_atomic
@@ -111,6 +114,20 @@ def check_designer(spec: JobSpec) -> None:
         make_provider(spec.designer.model_dump()).preflight()
     except DesignerSetupError as exc:
         raise PreflightError(str(exc)) from exc
+
+
+def check_judge(spec: JobSpec) -> JudgeProvider | None:
+    """The judge can start (its key is set, its model can be found): the provider, built once on the driver
+    (its ``config()`` enters the quality keys), or None without a judge. A design run judges nothing."""
+    try:
+        make_judge = edit.judge_factory(spec) if spec.stage != "design" else None
+        if make_judge is None:
+            return None
+        judge = make_judge()
+        judge.preflight()
+    except (JudgeSetupError, RubricError) as exc:
+        raise PreflightError(str(exc)) from exc
+    return judge
 
 
 CHECKPOINT_FIELDS = {"edit": "painter.checkpoint", "t2i": "painter.t2i_checkpoint"}

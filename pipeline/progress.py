@@ -128,7 +128,9 @@ def summary_table(title: str, counts: Mapping[str, int], elapsed_s: float | None
     table.add_column("status")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
-    for status in STATUSES:
+    # rejected (judged below quality.min_overall) only where there are some: a job without a judge has none
+    shown = [status for status in STATUSES if status != "rejected" or counts.get(status)]
+    for status in shown:
         n = counts.get(status, 0)
         table.add_row(status, f"{n:,}", f"{(100.0 * n / total) if total else 0:.1f}%")
     table.add_section()

@@ -38,9 +38,10 @@ from transforms.chunks import empty_chunk, plan_chunks
 from transforms.designer.registry import make_provider
 from transforms.history import build_history_index
 from transforms.incremental import provenance_files
+from transforms.judge.base import JudgeProvider
 from transforms.painter.handler import checkpoint_fingerprint, replica_names, resolve_devices
 from transforms.provenance import versions_json
-from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
+from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA, STATUSES
 from transforms.shards import Shard
 from transforms.storage import is_remote, write_atomic
 from transforms.tables import (
@@ -132,13 +133,15 @@ def _names_arg(beam_args: list[str], name: str) -> bool:
     return any(arg.lstrip("-").split("=", 1)[0] == name for arg in beam_args if arg.startswith("--"))
 
 
-def job_keys(spec: JobSpec) -> edit.JobKeys:
+def job_keys(spec: JobSpec, judge: JudgeProvider | None = None) -> edit.JobKeys:
     """Resolve what names outputs before the run starts (the checkpoint hash needs no model load), and the
     license of each mode's checkpoint (refused first when ``painter.require_commercial_license`` is not met).
 
     A design run paints nothing: it needs no painter weights (its pods may have none) and has no render
     keys. Otherwise each checkpoint is also checked against the job's sampling settings, so a setting the
     painter cannot paint (a resolution off its latent grid) refuses the job instead of failing every row.
+    With a judge, its ``config()`` (from ``judge``, the provider the preflight built, else built here) goes
+    into the quality keys; a design run judges nothing.
     """
     # First the licenses (no weights needed): a job refused for its painter's license downloads nothing.
     licenses = preflight.check_painter_license(spec)
@@ -152,12 +155,21 @@ def job_keys(spec: JobSpec) -> edit.JobKeys:
             except ValueError as exc:
                 field = "checkpoint" if mode == "edit" else "t2i_checkpoint"
                 raise PreflightError(f"painter ({field} {checkpoint!r}): {exc}") from exc
+    judge_config = None
+    if spec.stage != "design":
+        if judge is None:
+            make_judge = edit.judge_factory(spec)
+            judge = make_judge() if make_judge is not None else None
+        judge_config = judge.config() if judge is not None else None
     return edit.JobKeys(
         designer_config=designer.config(),
         painter_config=edit.painter_config(spec),
         checkpoint_sha256=fingerprints,
         default_seed=spec.painter.seed,
         painter_licenses=licenses,
+        judge_config=judge_config,
+        min_overall=spec.quality.min_overall,
+        max_paints=spec.quality.max_paints,
     )
 
 
@@ -273,7 +285,8 @@ def run_job(
     t0 = time.monotonic()
     preflight.check_output(spec, run_id)
     preflight.check_designer(spec)
-    keys = job_keys(spec)
+    judge = preflight.check_judge(spec)
+    keys = job_keys(spec, judge)
     options = pipeline_options(spec, painter_thread_args(spec, beam_args, console) + beam_args)
     local = spec.runner.name in LOCAL_RUNNERS and show_progress
     earlier_blueprints = blueprint_files(spec.output) if _reads_blueprints(spec) else []
@@ -445,7 +458,7 @@ def summarize_own(output: str, table: str, run_id: str, parts: list[str], attemp
             except Exception as exc:
                 raise PartFileError(f"{path}: unreadable part file ({type(exc).__name__}: {exc})") from exc
     return OwnSummary(
-        counts={status: counts.get(status, 0) for status in ("ok", "failed", "skipped")},
+        counts={status: counts.get(status, 0) for status in STATUSES},
         rows=sum(counts.values()),
         failures=failures,
     )

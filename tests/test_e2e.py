@@ -61,7 +61,7 @@ def test_ok_images_exist_and_match_their_hash(local_run):
 
 def test_run_record(local_run):
     _case, record, table, _console = local_run
-    assert record["counts"] == {"ok": 6, "failed": 7, "skipped": 0}
+    assert record["counts"] == {"ok": 6, "failed": 7, "skipped": 0, "rejected": 0}
     assert record["rows"] == table.num_rows == 13
     assert record["spec"]["painter"]["checkpoint"] == "tiny"
     assert record["spec"]["painter"]["require_commercial_license"] is True
@@ -82,7 +82,7 @@ def test_rerun_is_byte_identical(local_run):
     spec = load_spec(case.spec_path)
     second_result = run_job(spec, show_progress=False)
     second = read_provenance(case.output, second_result.run_id)
-    assert second_result.counts == {"ok": 6, "failed": 7, "skipped": 0}
+    assert second_result.counts == {"ok": 6, "failed": 7, "skipped": 0, "rejected": 0}
     assert _ok_images(second) == _ok_images(first)  # same names (render keys) and same bytes
     same_source = {r["id"]: r["output_sha256"] for r in second.to_pylist() if r["status"] == "ok"}
     assert same_source["red-png"] != same_source["same-source-other-seed"]  # the seed matters

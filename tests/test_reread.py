@@ -378,7 +378,7 @@ def test_a_source_changed_after_fetch_fails_at_paint(tmp_path, monkeypatch):
     reads = _change_after_fetch(monkeypatch)
     result = run_job(spec, show_progress=False)
     rows = _rows(spec)
-    assert result.counts == {"ok": 1, "failed": 2, "skipped": 0}
+    assert result.counts == {"ok": 1, "failed": 2, "skipped": 0, "rejected": 0}
     assert rows["kept"]["status"] == "ok" and Path(rows["kept"]["output_uri"]).is_file()
     after = (tmp_path / "images" / "changed.png").read_bytes()
     changed = rows["changed"]
@@ -422,7 +422,7 @@ def test_a_source_changed_after_fetch_fails_at_design_for_a_designer_that_looks(
     reads = _change_after_fetch(monkeypatch)
     result = run_job(spec, show_progress=False)
     rows = _rows(spec)
-    assert result.counts == {"ok": 1, "failed": 2, "skipped": 0}
+    assert result.counts == {"ok": 1, "failed": 2, "skipped": 0, "rejected": 0}
     assert rows["kept"]["status"] == "ok" and rows["kept"]["designer"] == "openai:gpt-test"
     after = (tmp_path / "images" / "changed.png").read_bytes()
     changed = rows["changed"]

@@ -124,7 +124,12 @@ def test_design_then_paint(tmp_path, server, capsys):
     designed = _by_id(read_blueprints(spec.output, design_run))
     assert designed["a"]["status"] == "ok" and designed["refused"]["status"] == "failed"
     record = json.loads((out / "runs" / f"{design_run}.json").read_text())
-    assert record["stage"] == "design" and record["counts"] == {"ok": 2, "failed": 2, "skipped": 0}
+    assert record["stage"] == "design" and record["counts"] == {
+        "ok": 2,
+        "failed": 2,
+        "skipped": 0,
+        "rejected": 0,
+    }
     assert "blueprints:" in capsys.readouterr().err
     calls = len(server.requests)
 

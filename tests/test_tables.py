@@ -319,7 +319,7 @@ def test_rerun_of_a_run_id_replaces_its_rows(tmp_path):
     table = read_provenance(case.output, "retried", skipped=(skipped := []))
     assert skipped == []
     _once_per_manifest_row(table)
-    assert result.counts == {"ok": 6, "failed": 7, "skipped": 0}
+    assert result.counts == {"ok": 6, "failed": 7, "skipped": 0, "rejected": 0}
     assert json.loads((out / "runs" / "retried.json").read_text())["rows"] == len(manifest_lines())
     blueprints = out / "blueprints" / "run=retried"
     assert len(_tags(_files(blueprints))) == 1 and read_blueprints(case.output, "retried").num_rows == 13
@@ -389,7 +389,7 @@ def test_damaged_provenance_files_are_named_and_skipped(tmp_path, capsys, caplog
     for path in damaged:
         assert f"skipped damaged part file {path}" in warned
     rows = read_provenance(case.output, third.run_id, skipped=[]).to_pylist()
-    assert third.counts == {"ok": 0, "failed": 7, "skipped": 6}
+    assert third.counts == {"ok": 0, "failed": 7, "skipped": 6, "rejected": 0}
     for row in rows:
         if row["status"] == "skipped":  # skipped with the intact earlier run's facts
             assert row["output_sha256"] == first_rows[row["id"]]["output_sha256"]

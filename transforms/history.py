@@ -1,7 +1,8 @@
 """Earlier runs' tables as a local key-value index, so a run's lookups hold no history in memory.
 
 An incremental rerun of a catalog asks, for each row, whether its render key was rendered before (and with
-which image hash and blueprint); the design cache asks each design key's blueprint. Joining the whole
+which image hash and blueprint, and whether that image was rejected by the judge) or, with a judge, how an
+earlier row with its quality key ended; the design cache asks each design key's blueprint. Joining the whole
 history inside the pipeline (a CoGroupByKey) makes the embedded runner hold every earlier row in memory,
 once per chunk. So a run on the embedded runner builds, once, a SQLite file on local disk from just the
 columns those lookups use (read a batch at a time through Beam's filesystems; a damaged part file is named
@@ -17,33 +18,49 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from transforms.tables import part_rows
 
 _LOG = logging.getLogger(__name__)
 
+# Provenance columns an incremental run looks up: an image by render key (and URI), a judged row's outcome
+# by quality key; with the row's status and finish time (the newest row of an image decides).
 RENDERED_COLUMNS = [
-    "status",
     "render_key",
     "output_uri",
     "output_sha256",
     "blueprint",
     "designer",
     "design_key",
+    "status",
+    "finished_at",
+    "run_id",
+    "quality_key",
+    "seed",
+    "judge",
+    "judge_scores",
+    "judge_overall",
+    "judge_reason",
 ]
+# Statuses of rows that wrote (or reused) an image: ``rejected`` ones too, so that they are known as not done.
+RECORDED_STATUSES = ("ok", "skipped", "rejected")
 DESIGN_COLUMNS = ["run_id", "status", "error", "design_key", "designer", "blueprint", "finished_at"]
 _SCHEMA = """
 CREATE TABLE rendered (render_key TEXT, output_uri TEXT, output_sha256 TEXT, blueprint TEXT, designer TEXT,
-                       design_key TEXT);
+                       design_key TEXT, status TEXT, finished_at REAL, run_id TEXT, quality_key TEXT,
+                       seed INTEGER, judge TEXT, judge_scores TEXT, judge_overall REAL, judge_reason TEXT);
 CREATE TABLE designs (design_key TEXT, status TEXT, blueprint TEXT, designer TEXT, run_id TEXT, error TEXT,
                       finished_at REAL, usable INTEGER);
 """
 _INDEXES = """
 CREATE INDEX rendered_key ON rendered (render_key, output_uri);
+CREATE INDEX rendered_quality ON rendered (quality_key);
 CREATE INDEX designs_key ON designs (design_key);
 """
+# Newest first: by finish time, then run id (run ids sort by their start time).
+_NEWEST_FIRST = "ORDER BY finished_at IS NOT NULL DESC, finished_at DESC, run_id DESC"
 _BATCH = 2048
 
 
@@ -51,7 +68,7 @@ def _warn_damaged(path: str, exc: Exception) -> None:
     _LOG.warning("skipped damaged part file %s: %s: %s", path, type(exc).__name__, exc)
 
 
-def _epoch(value: Any) -> float | None:
+def epoch_seconds(value: Any) -> float | None:
     if isinstance(value, dt.datetime):
         return value.timestamp()
     return None if value is None else float(value)
@@ -68,17 +85,24 @@ def _batches(rows: Iterable[tuple]) -> Iterable[list[tuple]]:
         yield batch
 
 
+def recorded(entry: dict[str, Any]) -> bool:
+    """Does this provenance row (a dict of ``RENDERED_COLUMNS``) name an image an incremental run may reuse or
+    must know was rejected? Older files lack the newer columns: ``get``."""
+    return bool(
+        entry.get("render_key")
+        and entry.get("output_uri")
+        and entry.get("output_sha256")
+        and entry.get("status") in RECORDED_STATUSES
+    )
+
+
 def _rendered(files: list[str]) -> Iterable[tuple]:
     for path in files:
         for e in part_rows(path, RENDERED_COLUMNS, _warn_damaged):
-            if e["render_key"] and e["status"] in ("ok", "skipped") and e["output_sha256"]:
-                yield (
-                    e["render_key"],
-                    e["output_uri"],
-                    e["output_sha256"],
-                    e["blueprint"],
-                    e["designer"],
-                    e["design_key"],
+            if recorded(e):
+                yield tuple(
+                    epoch_seconds(e.get(name)) if name == "finished_at" else e.get(name)
+                    for name in RENDERED_COLUMNS
                 )
 
 
@@ -95,7 +119,7 @@ def _designs(files: list[str]) -> Iterable[tuple]:
                 e["designer"],
                 e["run_id"],
                 e["error"],
-                _epoch(e["finished_at"]),
+                epoch_seconds(e["finished_at"]),
                 usable,
             )
 
@@ -106,7 +130,11 @@ def build_history_index(path: str, *, provenance: list[str], blueprints: list[st
     try:
         connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
         for batch in _batches(_rendered(provenance)):
-            connection.executemany("INSERT INTO rendered VALUES (?, ?, ?, ?, ?, ?)", batch)
+            connection.executemany(
+                f"INSERT INTO rendered ({', '.join(RENDERED_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(RENDERED_COLUMNS))})",
+                batch,
+            )
         for batch in _batches(_designs(blueprints)):
             connection.executemany("INSERT INTO designs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
         connection.executescript(_INDEXES)
@@ -141,17 +169,26 @@ class HistoryIndex:
         return connection
 
     def rendered(self, render_key: str, output_uri: str) -> dict[str, Any] | None:
-        """The earlier ok/skipped provenance row that wrote this image (render key and URI), if any."""
+        """The newest earlier ok, skipped or rejected provenance row of this image (render key and URI), if any."""
         row = (
             self._connection()
             .execute(
-                "SELECT output_sha256, blueprint, designer, design_key FROM rendered "
-                "WHERE render_key = ? AND output_uri = ? LIMIT 1",
+                "SELECT status, output_sha256, blueprint, designer, design_key FROM rendered "
+                f"WHERE render_key = ? AND output_uri = ? {_NEWEST_FIRST} LIMIT 1",
                 (render_key, output_uri),
             )
             .fetchone()
         )
         return dict(row) if row is not None else None
+
+    def judged(self, quality_key: str) -> Iterator[dict[str, Any]]:
+        """The earlier ok, skipped or rejected provenance rows with this quality key, newest first."""
+        cursor = self._connection().execute(
+            f"SELECT {', '.join(RENDERED_COLUMNS)} FROM rendered WHERE quality_key = ? {_NEWEST_FIRST}",
+            (quality_key,),
+        )
+        for row in cursor:
+            yield dict(row)
 
     def design(self, design_key: str) -> dict[str, Any] | None:
         """The newest usable (ok, non-blank) blueprint of a design key, else its newest entry (a failure),

@@ -14,7 +14,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.records import EditRecord, Failure
+from transforms.judge.base import JudgedAttempt
+from transforms.records import EditRecord, Failure, Judging
 from transforms.schema import PROVENANCE_SCHEMA
 from transforms.secrets import Scrubber
 
@@ -49,7 +50,18 @@ def worker_name() -> str:
 # Columns whose text comes from outside dimflow (the manifest, a server's reply, an exception): the ones
 # scrubbed of secrets. The others are dimflow's own (hashes, keys, names, timestamps, validated ids).
 FREE_TEXT = frozenset(
-    {"error", "instruction", "blueprint", "source_uri", "output_uri", "metadata", "designer"}
+    {
+        "error",
+        "instruction",
+        "blueprint",
+        "source_uri",
+        "output_uri",
+        "metadata",
+        "designer",
+        "judge",
+        "judge_reason",
+        "judge_error",
+    }
 )
 
 
@@ -60,14 +72,65 @@ def safe_text(row: dict[str, Any], scrub: Scrubber) -> dict[str, Any]:
     clean = scrub.bound()
     for name, value in row.items():
         if isinstance(value, str):
-            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            value = _storable(value)
             row[name] = clean(value) if name in FREE_TEXT else value
     return row
+
+
+def _storable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def paint_attempts_json(attempts: tuple[JudgedAttempt, ...], scrub: Scrubber) -> str:
+    """Provenance ``paint_attempts``: every paint of the row (``JudgedAttempt.as_json``), its free texts
+    (errors, the image's URI) scrubbed like the row's own columns before the JSON is built."""
+    clean = scrub.bound()
+    entries = []
+    for attempt in attempts:
+        entry = attempt.as_json()
+        for name in ("output_uri", "judge_error", "error"):
+            if isinstance(entry.get(name), str):
+                entry[name] = clean(_storable(entry[name]))
+        entries.append(entry)
+    return json.dumps(entries, sort_keys=True, ensure_ascii=False)
 
 
 def provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
     """Flatten a finished record or a failure into a provenance row (a dict keyed by column name)."""
     return safe_text(_provenance_row(item, context, now), context.scrub)
+
+
+def _status(record: EditRecord) -> str:
+    if record.skipped:
+        return "skipped"
+    return "rejected" if record.rejected else "ok"
+
+
+def _judge_columns(record: EditRecord, scrub: Scrubber) -> dict[str, Any]:
+    """The judge's columns of a judged row: the verdict on the kept image, the judge calls made for the row
+    in this run (none for a skipped row: it carries the verdict of the earlier row it reuses), every paint."""
+    judging: Judging | None = record.judging
+    if judging is None:
+        return {}
+    columns: dict[str, Any] = {
+        "judge": judging.judge,
+        "judge_scores": json.dumps(judging.scores, sort_keys=True) if judging.scores is not None else None,
+        "judge_overall": judging.overall,
+        "judge_reason": judging.reason,
+        "judge_error": judging.error,
+    }
+    if not record.skipped:
+        columns.update(
+            judge_attempts=judging.calls,
+            judge_tokens_in=judging.tokens_in,
+            judge_tokens_out=judging.tokens_out,
+            judge_s=judging.seconds,
+            paints=len(judging.attempts),
+            paint_attempts=paint_attempts_json(judging.attempts, scrub),
+        )
+    if record.rejected and judging.stop_stage is not None:
+        columns.update(error_stage=judging.stop_stage, error=judging.stop_error)
+    return columns
 
 
 def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float) -> dict[str, Any]:
@@ -81,7 +144,7 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         if record is None:  # failed before it became a valid row: the error names file and row
             return row
     else:
-        row["status"] = "skipped" if record.skipped else "ok"
+        row["status"] = _status(record)
     manifest = record.row
     mode = "edit" if manifest.source else "t2i"
     row.update(
@@ -111,8 +174,11 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         paint_s=record.paint_s,
         output_uri=record.output_uri,
         output_sha256=record.output_sha256,
+        quality_key=record.quality_key,
         started_at=_timestamp(record.started_at),
     )
+    if failure is None:
+        row.update(_judge_columns(record, context.scrub))
     if record.finished_at is not None:  # when its image was written (failures: when the row was recorded)
         row["finished_at"] = _timestamp(record.finished_at)
     for name, value in record.paint.items():

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from transforms.judge.base import JudgedAttempt
+
 # Longer error texts are cut (with a note): a row's error is for people and dashboards, not a log dump.
 MAX_ERROR_CHARS = 2000
 
@@ -23,6 +25,7 @@ STAGE_FETCH = "fetch"
 STAGE_DESIGN = "design"
 STAGE_PAINT = "paint"
 STAGE_WRITE = "write"
+STAGE_JUDGE = "judge"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,44 @@ class ManifestRow:
     metadata: str | None  # JSON text, passed through
     ref: RowRef
     category: str | None = None  # the manifest's category label (alias edit_type, task_type)
+
+
+@dataclass(frozen=True)
+class KeptPaint:
+    """One judged paint of a row, as far as the row's provenance takes it over when that paint is kept."""
+
+    attempt: int  # 1-based
+    seed: int
+    render_key: str
+    output_uri: str
+    output_sha256: str
+    paint: dict[str, Any]
+    paint_s: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class Judging:
+    """The judge's part of a row (``transforms.quality``): the verdict on the kept image, every paint of the
+    row so far with its verdict, the costs summed over every judge call, and why it stopped early.
+
+    The record's own paint fields (seed, render key, output, painter fields) are those of its latest paint
+    while it goes through the repaint loop, and the kept paint's (``kept``) once it is decided."""
+
+    judge: str | None = None  # the provider's name
+    scores: dict[str, float] | None = None  # of the kept image
+    overall: float | None = None
+    reason: str | None = None
+    kept: KeptPaint | None = None  # the best-scoring judged paint so far (ties: the earlier)
+    attempts: tuple[JudgedAttempt, ...] = ()  # every paint of the row, failed repaints included
+    error: str | None = None  # judge_error: the latest judging that gave no verdict
+    calls: int = 0  # judge calls, retries included
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    seconds: float = 0.0
+    # A rejected row whose last repaint failed: that stage (paint | write | judge) and what happened
+    stop_stage: str | None = None
+    stop_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +120,10 @@ class EditRecord:
     started_at: float | None = None  # epoch seconds
     finished_at: float | None = None
     skipped: bool = False  # incremental: its image already existed under the output
+    # judge and best-of-N (transforms/quality.py); quality_key: None when the job has no judge
+    quality_key: str | None = None
+    judging: Judging | None = None
+    rejected: bool = False  # below quality.min_overall after quality.max_paints paints (image kept)
 
     @property
     def id(self) -> str:

@@ -1,4 +1,4 @@
-"""Read a fetched source again where its pixels are needed (design, paint), and prove it is the same.
+"""Read a fetched source again where its pixels are needed (design, paint, judge), and prove it is the same.
 
 Records carry a source's URI, sha256 and size, never its bytes: an image (often ~1 MB) per row carried
 through every stage makes memory grow with the manifest on the embedded runner, which keeps whole
@@ -16,13 +16,14 @@ import hashlib
 from dataclasses import dataclass
 
 from transforms import sources
-from transforms.records import STAGE_DESIGN, STAGE_PAINT, EditRecord
+from transforms.records import STAGE_DESIGN, STAGE_JUDGE, STAGE_PAINT, EditRecord
 from transforms.sources import SourceError, SourceReader
 
 # What a changed source means for the row, by the stage that found it.
 _NOT_DONE = {
     STAGE_DESIGN: "not designed, its design key names the fetched bytes",
     STAGE_PAINT: "not painted, its render key names the fetched bytes",
+    STAGE_JUDGE: "not judged, its image was painted from the fetched bytes",
 }
 _SHOWN_HEX = 12  # hex digits of each sha256 an error shows
 
@@ -58,7 +59,7 @@ class SourceChanged(SourceError):
 def reread_source(reader: SourceReader, record: EditRecord, stage: str) -> bytes | None:
     """The record's source bytes, read again now; None for a text-to-image row (no source).
 
-    Raises ``SourceError`` whose message is the row's error at ``stage`` (``design`` or ``paint``): the
+    Raises ``SourceError`` whose message is the row's error at ``stage`` (``design``, ``paint`` or ``judge``): the
     reader's own message when the read fails (not found, over the size limit, timed out, failing fast,
     outside the roots), ``SourceChanged`` when the bytes' sha256 differs from the fetched one.
     """

@@ -141,3 +141,20 @@ def render_key(
             "seed": seed,
         }
     )
+
+
+def quality_key(
+    *, render_key: str, judge_config: dict[str, Any], min_overall: float | None, max_paints: int
+) -> str:
+    """Identity of a judged row's outcome: its first paint (``render_key``: source, instruction, seed,
+    designer, painter), the judge's config (model, rubric, sampling; never keys or rate limits) and what the
+    verdicts decide (``quality.min_overall``, ``quality.max_paints``). Incremental runs skip a row only if a
+    row with this key ended ``ok`` or ``skipped`` and its image is still there."""
+    return _digest(
+        {
+            "render_key": render_key,
+            "judge": judge_config,
+            "min_overall": min_overall,
+            "max_paints": max_paints,
+        }
+    )

@@ -102,3 +102,38 @@ def test_decode_source_applies_exif_orientation():
     image.save(out, "JPEG", exif=exif)
     decoded = decode_source(PaintRequest(key="k", prompt="p", seed=0, source=out.getvalue()))
     assert decoded.size == (40, 80)
+
+
+def test_handlers_with_equal_load_settings_share_one_loaded_painter(monkeypatch):
+    """Each RunInference transform (first paint, each repaint, each chunk's pipeline) asks its handler to load:
+    equal load settings within a run get the painter already loaded; other settings, or another run, load."""
+    from types import SimpleNamespace
+
+    loads = []
+
+    def loader(checkpoint, task, **settings):
+        loads.append((task, settings["compile"]))
+        return SimpleNamespace(name=f"stub:{task}", task=task, checkpoint_sha256="0" * 64)
+
+    monkeypatch.setattr("transforms.painter.dim.pipeline.load_dim_painter", loader)
+
+    def handler(run_id="run-a", **changes):
+        settings = {"checkpoint": "tiny", "task": "edit", "params": PARAMS, "device": "cpu", "run_id": run_id}
+        return PainterModelHandler(**(settings | changes))
+
+    first = handler().load_model()
+    # another RunInference of the same run: another batch size or sampling does not change what is loaded
+    assert (
+        handler(batch_size=4, params=PaintParams(steps=9, guidance_scale=1.0, resolution=32)).load_model()
+        is first
+    )
+    assert loads == [("edit", False)]
+    assert handler(task="t2i").load_model() is not first
+    assert handler(compile="default").load_model() is not first
+    assert loads == [("edit", False), ("t2i", False), ("edit", "default")]
+    assert handler().load_model() is first  # still held for the run
+    assert handler(run_id="run-b").load_model() is not first  # another run loads its own
+    assert (
+        handler(run_id="").load_model() is not handler(run_id="").load_model()
+    )  # outside a run: never shared
+    assert len(loads) == 6

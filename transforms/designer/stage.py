@@ -1,11 +1,8 @@
 """The Beam stage around a designer provider: batches in, records with blueprints (or failures) out.
 
-A remote designer is bound by its rate limit, not by compute, and ``design(batch)`` returns only when
-the batch's slowest row is back. Called one batch at a time, every batch would end with an idle
-stretch of one reply latency (a 32-row batch at 10 requests/s and 1 s latency: 3.2 s sending, 1 s
-idle, ~76% of the limit). So each DoFn instance keeps up to ``max_pending_batches`` batches in flight
-on a small thread pool and emits each batch's results (in order, in the batch's window) as soon as
-it is done, or at the end of the bundle. The provider's own limiter, shared by every call in the
+A remote designer is bound by its rate limit, not by compute, so each DoFn instance keeps several batches in
+flight (``transforms.overlap.OverlappedBatches``: up to ``max_pending_batches`` on a small pool, each
+batch's results emitted in order, in its window). The provider's own limiter, shared by every call in the
 process, keeps the combined rate and concurrency within the limits whatever the overlap.
 
 Records carry no image bytes. For a provider that looks at images (``needs_image``), each batch's
@@ -17,15 +14,12 @@ So the bytes live only while their batch is in flight (at most ``max_pending_bat
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import apache_beam as beam
-from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.designer.base import Design, DesignerProvider, DesignFailure, DesignRequest
+from transforms.overlap import OverlappedBatches
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.reread import SourceLimits, reread_source
 from transforms.sources import SourceError, SourceReader
@@ -36,7 +30,7 @@ FAILED = "failed"
 _Outcome = Design | DesignFailure | str
 
 
-class _DesignBatches(beam.DoFn):
+class _DesignBatches(OverlappedBatches):
     def __init__(
         self,
         make_provider: Callable[[], DesignerProvider],
@@ -44,44 +38,24 @@ class _DesignBatches(beam.DoFn):
         source_limits: SourceLimits,
         max_pending_batches: int = 4,
     ):
+        super().__init__(max_pending_batches, thread_name_prefix="design-batch")
         self._make_provider = make_provider
         self._design_key = design_key
         self._source_limits = source_limits
-        self._max_pending = max(1, max_pending_batches)
         self._provider: DesignerProvider | None = None
         self._reader: SourceReader | None = None  # only for a provider that looks at images
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[tuple[Future, list[EditRecord], Any, Any]] = deque()
         self._calls = beam.metrics.Metrics.counter("dimflow", "designer_rows")
 
-    def setup(self) -> None:
+    def setup_worker(self) -> None:
         self._provider = self._make_provider()
         self._provider.setup()
         self._reader = self._source_limits.reader() if self._provider.needs_image else None
-        self._pool = ThreadPoolExecutor(max_workers=self._max_pending, thread_name_prefix="design-batch")
 
-    def teardown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def teardown_worker(self) -> None:
         if self._provider is not None:
             self._provider.teardown()
 
-    def start_bundle(self) -> None:
-        self._pending = deque()
-
-    def process(
-        self, batch: list[EditRecord], window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam
-    ) -> Iterable:
-        assert self._pool is not None
-        self._pending.append((self._pool.submit(self._design, batch), batch, window, timestamp))
-        while self._pending and (self._pending[0][0].done() or len(self._pending) > self._max_pending):
-            yield from self._emit(*self._pending.popleft())
-
-    def finish_bundle(self) -> Iterable:
-        while self._pending:
-            yield from self._emit(*self._pending.popleft())
-
-    def _design(self, batch: list[EditRecord]) -> list[_Outcome]:
+    def call(self, batch: list[EditRecord]) -> list[_Outcome]:
         """Runs on the pool: read the batch's sources again (when the provider looks at images), then send
         the rows that could be read to the provider. One outcome per row, in order; raises only when the
         provider breaks its contract (a result count that does not match)."""
@@ -111,17 +85,8 @@ class _DesignBatches(beam.DoFn):
             outcomes.update(zip(sent, results, strict=True))
         return [outcomes[index] for index in range(len(batch))]
 
-    def _emit(self, future: Future, batch: list[EditRecord], window: Any, timestamp: Any) -> Iterator:
-        """The batch's outputs as windowed values (they may leave after later elements came in)."""
-        for output in self._outputs(future, batch):
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(output.value, timestamp, [window]))
-            else:
-                yield WindowedValue(output, timestamp, [window])
-
-    def _outputs(self, future: Future, batch: list[EditRecord]) -> Iterator:
+    def outputs(self, batch: list[EditRecord], results: list[_Outcome]) -> Iterator:
         assert self._provider is not None
-        results = future.result()  # per-row problems are outcomes; this raises only on a broken contract
         self._calls.inc(sum(isinstance(result, (Design, DesignFailure)) for result in results))
         for record, result in zip(batch, results, strict=True):
             if isinstance(result, str):  # never sent: its source could not be read again, or the call raised

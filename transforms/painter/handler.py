@@ -8,8 +8,11 @@ without loading any model.
 ``load_model`` loads one painter on each device ``painter.device`` selects (``resolve_devices``) and
 returns a ``PainterReplicas``: each ``paint`` call takes an idle replica and gives it back when done.
 RunInference keeps one loaded model per process for all its DoFn instances (Beam's ``Shared`` handle,
-whose key travels with the pickled DoFn), so what spreads the work is the runner running several bundles
-of the paint stage at once in one process: on the embedded runner ``--direct_running_mode=multi_threading
+whose key travels with the pickled DoFn), and ``load_model`` hands every RunInference transform of a run
+(the paint stage of each mode, the repaint stages of best-of-N, the pipelines of its chunks) the one
+``PainterReplicas`` already loaded in the process for the same load settings (``_LoadedPainters``), so
+the weights are on each device once. What spreads the work is the runner running several bundles of the
+paint stages at once in one process: on the embedded runner ``--direct_running_mode=multi_threading
 --direct_num_workers=N`` (``dimflow run`` sets N to the replica count unless the user set either option),
 which splits each stage's input into N parts and runs one bundle per part on its own thread
 (``ParallelBundleManager``); on Dataflow, the threads of one SDK process. Each thread re-reads its
@@ -43,7 +46,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +144,8 @@ def _current_device(device: Any) -> contextlib.AbstractContextManager:
 class _BatchLimits:
     """The most rows a painter setup paints at once in this process: ``painter.batch_size`` until an
     out-of-memory error halves it. Kept per process and run (the key holds the run id), not per loaded
-    model, so it holds for the rest of the run: the embedded runner runs each chunk as a new pipeline,
-    which loads its models anew."""
+    model, so it holds for the rest of the run, in every pipeline of it (the embedded runner runs each
+    chunk as a new pipeline) and for no other run."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -173,6 +176,39 @@ class _BatchLimits:
 
 
 _BATCH_LIMITS = _BatchLimits()
+
+
+class _LoadedPainters:
+    """The painters loaded in this process for the run in progress, by every setting that shapes a load.
+
+    Each RunInference transform has its own Beam ``Shared`` handle, so the paint stages of one job (the
+    first paint and each unrolled repaint, ``quality.max_paints``) and the pipelines of its chunks would
+    each load the painter again: N copies of the weights on a GPU. Here they share one ``PainterReplicas``
+    (whose idle-replica queue then spreads all their calls). Only the latest run's painters are held: a
+    new run id drops the others (they are freed once no stage of theirs holds them), so a process that
+    runs job after job (tests, a service) keeps one job's painters, never a growing set. A handler outside a
+    run (``run_id`` empty: direct use in tests and benchmarks) loads its own. Loads are serialized: replicas
+    load one after another anyway (host memory peaks at one load)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._run: str | None = None
+        self._loaded: dict[tuple, PainterReplicas] = {}
+
+    def get(self, key: tuple, run_id: str, load: Callable[[], PainterReplicas]) -> PainterReplicas:
+        if not run_id:
+            return load()
+        with self._lock:
+            if run_id != self._run:
+                self._loaded.clear()
+                self._run = run_id
+            painter = self._loaded.get(key)
+            if painter is None:
+                painter = self._loaded[key] = load()
+            return painter
+
+
+_LOADED = _LoadedPainters()
 
 
 class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter]):
@@ -239,10 +275,27 @@ class PainterModelHandler(ModelHandler[PaintRequest, PredictionResult, Painter])
         self.vae_dtype = vae_dtype
 
     def load_model(self) -> PainterReplicas:
+        """The process's painter for these load settings: loaded once per run and process, however many
+        RunInference transforms ask for it (``_LOADED``; see the module docstring)."""
+        devices = resolve_devices(self.device)
+        key = (
+            self.kind,
+            self.checkpoint,
+            self.task,
+            self.dtype,
+            str(self.device),
+            tuple(replica_names(devices)),
+            self.noise_device,
+            self.compile,
+            self.vae_tile_pixels,
+            self.vae_dtype,
+        )
+        return _LOADED.get(key, self.run_id, lambda: self._load(devices))
+
+    def _load(self, devices: list) -> PainterReplicas:
         """One painter per selected device, loaded one after another (host memory peaks at one load), by the
         kind's loader (``transforms.painter.kinds``)."""
         kind = get_kind(self.kind)
-        devices = resolve_devices(self.device)
         replicas = [
             Replica(
                 name,
