@@ -91,6 +91,19 @@ class QualitySpec(_Strict):
     max_paints: int = Field(1, ge=1, le=8)
 
 
+class MaskSpec(_Strict):
+    """How rows with a ``mask`` are painted: the painted pixels are composited over the source's inside the
+    mask only, so the locked region (black) stays the source's own pixels."""
+
+    # Pixels of a soft edge, on the editable side of the mask's edge (locked pixels stay exact); 0: a hard edge.
+    feather_px: int = Field(2, ge=0, le=256)
+    # composite: the painter paints the whole frame, the composite keeps the locked pixels; native+composite:
+    # a painter kind that takes masks (qwen-image-edit) also gets the mask; the composite always applies last.
+    mode: Literal["composite", "native+composite"] = "composite"
+    # true: black (transparent) = may change, white (opaque) = must stay.
+    invert: bool = False
+
+
 class PainterSpec(_Strict):
     """The painter model and its sampling parameters. The defaults written here are DIM's; with another
     ``kind``, unset ``checkpoint``, ``t2i_checkpoint``, ``steps``, ``guidance_scale`` and ``resolution`` take
@@ -114,6 +127,9 @@ class PainterSpec(_Strict):
     device: str = "auto"
     noise_device: Literal["cpu", "accelerator"] = "cpu"
     output_format: Literal["png", "jpg", "webp"] = "png"
+    # resolution: images are written at the painted size; source: edit rows are resized back to the source's
+    # own size (after EXIF orientation), so a mask's locked pixels are the source file's decoded pixels.
+    output_size: Literal["resolution", "source"] = "resolution"
     # square: resolution x resolution (DIM's default); preserve: edit rows keep the source's aspect at
     # about resolution**2 pixels, bucketed to multiples of 32 so a batch shares one shape.
     aspect: Literal["square", "preserve"] = "square"
@@ -319,6 +335,7 @@ class JobSpec(_Strict):
     painter: PainterSpec = Field(default_factory=PainterSpec)
     runner: RunnerSpec = Field(default_factory=RunnerSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    mask: MaskSpec = Field(default_factory=MaskSpec)
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
     # provenance `designer` or `judge` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost

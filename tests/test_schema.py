@@ -57,6 +57,7 @@ def test_provenance_columns_match_design_contract():
     added = ["blueprint_run_id", "vae_dtype", "painter_license", "category", "quality_key"]
     added += ["judge", "judge_scores", "judge_overall", "judge_reason", "judge_error", "judge_attempts"]
     added += ["judge_tokens_in", "judge_tokens_out", "judge_s", "paints", "paint_attempts"]
+    added += ["mask_uri", "mask_sha256", "locked_fraction", "locked_max_abs_diff"]
     assert [name for name in PROVENANCE_SCHEMA.names if name not in added] == expected
     assert set(PROVENANCE_SCHEMA.names) - set(expected) == set(added)
 

@@ -50,6 +50,7 @@ class ManifestRow:
     metadata: str | None  # JSON text, passed through
     ref: RowRef
     category: str | None = None  # the manifest's category label (alias edit_type, task_type)
+    mask: str | None = None  # absolute URI/path of the row's mask (alias mask_path); None: no region lock
 
 
 @dataclass(frozen=True)

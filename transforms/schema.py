@@ -69,6 +69,12 @@ PROVENANCE_SCHEMA = pa.schema(
         ("paints", pa.int32()),
         ("paint_attempts", pa.string()),
         ("quality_key", pa.string()),
+        # Region-locked edits (manifest ``mask``): the mask, its sha256, the share of output pixels locked to
+        # the source's, and the largest |written - source| inside the locked region (0 when exact).
+        ("mask_uri", pa.string()),
+        ("mask_sha256", pa.string()),
+        ("locked_fraction", pa.float64()),
+        ("locked_max_abs_diff", pa.int32()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("worker", pa.string()),

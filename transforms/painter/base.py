@@ -64,6 +64,9 @@ class PaintRequest:
     prompt: str
     seed: int
     source: bytes | None
+    # The row's mask (encoded, white = may change), only for painter kinds that take one natively
+    # (``mask.mode: native+composite``); every masked row is composited after painting whatever the kind.
+    mask: bytes | None = None
 
 
 @dataclass(frozen=True)
