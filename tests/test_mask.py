@@ -316,3 +316,29 @@ def test_paint_rereads_the_mask_and_native_mode_gets_it_binary_and_upright(tmp_p
     (failed,) = list(composite_only.process(record))
     assert failed.tag == "failed" and failed.value.stage == "paint"
     assert failed.value.error.startswith("field 'mask': mask changed since it was fetched")
+
+
+@pytest.mark.timeout(300)
+def test_a_best_of_n_repaint_of_a_masked_row_is_composited_too(tmp_path, monkeypatch):
+    from tests import quality_support as qs
+
+    script = qs.install(monkeypatch, {"m": [0.2, 0.9]})  # paint 1 below the bar, paint 2 kept
+    job = qs.write_job(tmp_path, {"m": "m.png"}, painter={"output_size": "source"}, mask={"feather_px": 0})
+    source = Image.open(tmp_path / "images" / "m.png").convert("RGB")
+    mask = np.full((source.size[1], source.size[0]), 255, dtype=np.uint8)
+    mask[:, :10] = 0
+    _save(Image.fromarray(mask, "L"), tmp_path / "images" / "mask.png")
+    row = json.loads((tmp_path / "manifest.jsonl").read_text())
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({**row, "mask": "images/mask.png"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    (result,) = _run(job).values()
+    assert qs.calls(script) == {"m": 2}
+    assert (result["status"], result["paints"]) == ("ok", 2), result
+    attempts = json.loads(result["paint_attempts"])
+    assert result["output_uri"] == str(Path(attempts[1]["output_uri"]))
+    for attempt in attempts:  # both paints, the repaint included, were composited
+        written = _written({"output_uri": attempt["output_uri"]})
+        assert written.shape[:2] == mask.shape and np.array_equal(written[:, :10], np.asarray(source)[:, :10])
+    assert result["locked_max_abs_diff"] == 0 and result["locked_fraction"] == pytest.approx(
+        10 / source.size[0]
+    )
