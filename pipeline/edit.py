@@ -22,14 +22,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import DirectOptions
 
 from pipeline.spec import JobSpec
-from transforms import images, manifest, schema
+from transforms import composite, images, manifest, schema
 from transforms.blueprints import JournalDesigns, LookupBlueprints, blueprint_row
 from transforms.chunks import Chunk, ReadChunk
 from transforms.designer.registry import make_provider
@@ -53,7 +53,7 @@ from transforms.records import (
     ManifestRow,
     error_text,
 )
-from transforms.reread import SourceLimits, reread_source
+from transforms.reread import SourceLimits, reread_mask, reread_source
 from transforms.schema import BLUEPRINT_SCHEMA, PROVENANCE_SCHEMA
 from transforms.secrets import Scrubber
 from transforms.shards import Shard
@@ -80,6 +80,11 @@ class JobKeys:
     judge_config: dict[str, Any] | None = None
     min_overall: float | None = None  # quality.min_overall
     max_paints: int = 1  # quality.max_paints
+    # painter.output_size: ``source`` enters every edit row's render key (its image is resized to the
+    # source's size); ``resolution`` only masked rows' (unmasked rows keep the keys they had).
+    output_size: str = "resolution"
+    # mask.* (``mask_config``): in masked rows' render keys only, with the mask's sha256
+    mask_config: dict[str, Any] = field(default_factory=dict)
 
     def design_key(self, record: EditRecord) -> str:
         return schema.design_key(
@@ -115,11 +120,16 @@ class JobKeys:
         if seed is None:
             seed = record.row.seed if record.row.seed is not None else self.default_seed
         mode = row_mode(record.row)
+        painter = {**self.painter_config, "mode": mode}
+        if mode == "edit" and (self.output_size == "source" or record.row.mask):
+            painter["output_size"] = self.output_size
+        if record.row.mask:
+            painter["mask"] = {**self.mask_config, "sha256": record.mask_sha256}
         key = schema.render_key(
             source_sha256=record.source_sha256,
             instruction=record.row.instruction,
             designer_config=self.designer_config,
-            painter_config={**self.painter_config, "mode": mode},
+            painter_config=painter,
             checkpoint_sha256=self.checkpoint_sha256[mode],
             seed=seed,
         )
@@ -178,6 +188,40 @@ def painter_config(spec: JobSpec) -> dict[str, Any]:
     return config
 
 
+def mask_config(spec: JobSpec) -> dict[str, Any]:
+    """The mask settings that change a masked row's pixels (they enter its render key, with the mask's
+    sha256 and ``painter.output_size``)."""
+    return spec.mask.model_dump()
+
+
+@dataclass(frozen=True)
+class Compositing:
+    """What the write step needs to finish an edit row's image: ``painter.output_size``, ``mask.*`` and the
+    pixel limit its source and mask were fetched under (transforms/composite.py does the pixels)."""
+
+    output_size: str = "resolution"
+    feather_px: int = 0
+    invert: bool = False
+    max_pixels: int = 0
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> Compositing:
+        return cls(
+            output_size=spec.painter.output_size,
+            feather_px=spec.mask.feather_px,
+            invert=spec.mask.invert,
+            max_pixels=spec.limits.max_pixels,
+        )
+
+
+class PaintKey(NamedTuple):
+    """The key of a row in the fused paint stage (ToPaintRequest -> RunInference -> WriteImages): its
+    record, and its mask's bytes (read again in ToPaintRequest) for the composite; they never leave it."""
+
+    record: EditRecord
+    mask: bytes | None = None
+
+
 def part_name(shard: Shard | None, *, chunk: int | None = None, chunk_rows: int | None = None) -> str:
     """Part-file prefix: ``part``, ``part-shard-00003-of-00008`` for a shard, and for a chunked run
     ``...-chunk-00002-size-20000`` (shards and chunks never overwrite each other; a rerun of the same run
@@ -214,12 +258,17 @@ def job_row_problem(row: ManifestRow, checkpoints: dict[str, str], output: str) 
     """What the job cannot do with a valid row: a row's mode needs its checkpoint (edits
     painter.checkpoint, t2i rows painter.t2i_checkpoint), and its source must lie outside the output tree
     (dimflow writes there: a source inside it could be replaced, and an output that holds its own
-    sources mixes inputs with results). ``dimflow validate --spec`` asks the same question."""
+    sources mixes inputs with results); so must its mask. ``dimflow validate --spec`` asks the same question."""
     mode = row_mode(row)
     if mode == "edit" and inside_output(row.source, output):
         message = (
             f"{row.source!r} lies inside the job's output {output!r}; keep sources outside the output folder"
         )
+    elif row.mask is not None and inside_output(row.mask, output):
+        message = (
+            f"{row.mask!r} lies inside the job's output {output!r}; keep masks outside the output folder"
+        )
+        return manifest.Problem(row.ref, row.id, "mask", message)
     elif mode not in checkpoints and mode == "edit":
         message = "given, but painter.checkpoint is null (this job paints text-to-image only)"
     elif mode not in checkpoints:
@@ -322,15 +371,23 @@ def painter_handler(spec: JobSpec, mode: str, run_id: str = "") -> PainterModelH
 
 
 class ToPaintRequest(beam.DoFn):
-    """``EditRecord`` -> ``(record, PaintRequest)`` with the source's bytes, read again here.
+    """``EditRecord`` -> ``(PaintKey(record, mask bytes), PaintRequest)`` with the source's bytes, read again
+    here, and a masked row's mask bytes, read again too (for the composite in ``WriteImages``).
 
     Right before RunInference (and fused with it), so the bytes never sit in a PCollection between
-    stages. The read has the fetch stage's limits and must give the fetched bytes (``reread_source``);
-    otherwise the row leaves on the ``failed`` output as ``Failure(record, "paint", message)``.
+    stages. The reads have the fetch stage's limits and must give the fetched bytes (``reread_source``,
+    ``reread_mask``); otherwise the row leaves on the ``failed`` output as ``Failure(record, "paint",
+    message)``. With ``native_mask`` (``mask.mode: native+composite``) the request also carries the mask,
+    as a binary PNG at the source's upright size, white = may change (``mask.invert`` applied): a painter
+    kind that takes masks uses it, the others ignore it.
     """
 
-    def __init__(self, limits: SourceLimits):
+    def __init__(
+        self, limits: SourceLimits, *, native_mask: bool = False, compositing: Compositing | None = None
+    ):
         self._limits = limits
+        self._native_mask = native_mask
+        self._compositing = compositing or Compositing()
         self._reader: SourceReader | None = None
 
     def setup(self) -> None:
@@ -341,10 +398,21 @@ class ToPaintRequest(beam.DoFn):
         assert record.seed is not None and record.blueprint is not None
         try:
             source = reread_source(self._reader, record, STAGE_PAINT)
+            mask = reread_mask(self._reader, record, STAGE_PAINT)
+            native = self._native(mask) if self._native_mask and mask is not None else None
         except SourceError as exc:
             yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_PAINT, str(exc)))
             return
-        yield record, PaintRequest(key=record.id, prompt=record.blueprint, seed=record.seed, source=source)
+        request = PaintRequest(
+            key=record.id, prompt=record.blueprint, seed=record.seed, source=source, mask=native
+        )
+        yield PaintKey(record, mask), request
+
+    def _native(self, mask: bytes) -> bytes:
+        """The mask as painters take it: binary PNG, white = may change, upright."""
+        settings = self._compositing
+        binary = images.decode_mask(mask, max_pixels=settings.max_pixels, invert=settings.invert)
+        return images.encode_image(binary, "png")
 
 
 def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
@@ -352,24 +420,31 @@ def failed_paint_batch(element: tuple[list, Any]) -> Iterable[Failure]:
     as (type, repr, formatted traceback); provenance gets it as every other stage writes errors."""
     batch, error = element
     message = error_text(error)
-    for record, _request in batch:
-        yield Failure(record, STAGE_PAINT, message)
+    for key, _request in batch:
+        yield Failure(key.record, STAGE_PAINT, message)
 
 
 class WriteImages(beam.DoFn):
-    """Encode each painted image and write it under ``images/{id}/{render_key[:16]}.{fmt}``; a row the painter
-    failed alone (``PaintFailure``) leaves as ``Failure(record, "paint", its error)``.
+    """Finish, encode and write each painted image under ``images/{id}/{render_key[:16]}.{fmt}``; a row the
+    painter failed alone (``PaintFailure``) leaves as ``Failure(record, "paint", its error)``.
+
+    Finishing an edit row (``compositing``): a masked row is composited over its source
+    (``transforms.composite``: locked pixels are the source's), and ``painter.output_size: source`` resizes
+    every edit row to its source's size. A masked row's written bytes are decoded again and compared with
+    the source over its locked pixels: ``locked_max_abs_diff`` (0 when exact; lossy formats are not).
 
     Only the record leaves (with the painter's fields and the output's URI and sha256): the request's
-    source bytes and the painted image stay behind, so what follows holds no pixels.
+    source bytes, the mask and the painted image stay behind, so what follows holds no pixels.
     """
 
-    def __init__(self, output: str, fmt: str):
+    def __init__(self, output: str, fmt: str, compositing: Compositing | None = None):
         self._output = output
         self._fmt = fmt
+        self._compositing = compositing or Compositing()
 
-    def process(self, element: tuple[EditRecord, PredictionResult]) -> Iterable:
-        record, result = element
+    def process(self, element: tuple[PaintKey, PredictionResult]) -> Iterable:
+        key, result = element
+        record = key.record
         if isinstance(result.inference, PaintFailure):  # the row failed when painted alone
             failure: PaintFailure = result.inference
             yield beam.pvalue.TaggedOutput(
@@ -379,15 +454,42 @@ class WriteImages(beam.DoFn):
         painting: Painting = result.inference
         record = record.evolve(paint=dict(painting.fields), paint_s=painting.paint_s)
         try:
-            data = images.encode_image(painting.image, self._fmt)
+            facts: dict[str, Any] = {}
+            data = self._encoded(record, painting.image, result.example.source, key.mask, facts)
             assert record.render_key is not None
             uri = images.write_output(self._output, record.id, record.render_key, self._fmt, data)
-        except Exception as exc:  # a storage error fails this row, not the run
+        except Exception as exc:  # a storage (or composite) error fails this row, not the run
             yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_WRITE, error_text(exc)))
             return
         yield record.evolve(
-            output_uri=uri, output_sha256=hashlib.sha256(data).hexdigest(), finished_at=time.time()
+            paint={**record.paint, **facts},
+            output_uri=uri,
+            output_sha256=hashlib.sha256(data).hexdigest(),
+            finished_at=time.time(),
         )
+
+    def _encoded(
+        self, record: EditRecord, painted: Any, source: bytes | None, mask: bytes | None, facts: dict
+    ) -> bytes:
+        """The row's finished image, encoded; ``facts`` gets what provenance says of it (written size,
+        locked share, locked_max_abs_diff)."""
+        settings = self._compositing
+        image = painted
+        if source is not None and mask is not None:
+            upright = images.decode_image(source, max_pixels=settings.max_pixels)
+            binary = images.decode_mask(mask, max_pixels=settings.max_pixels, invert=settings.invert)
+            image, facts["locked_fraction"] = composite.composite(
+                upright, painted, binary, settings.feather_px, settings.output_size
+            )
+        elif source is not None and settings.output_size == "source":
+            image = composite.resize(painted, (record.source_width, record.source_height))
+        if image is not painted:
+            facts.update(width=image.size[0], height=image.size[1])
+        data = images.encode_image(image, self._fmt)
+        if source is not None and mask is not None:
+            written = images.decode_image(data, max_pixels=settings.max_pixels)
+            facts["locked_max_abs_diff"] = composite.locked_max_abs_diff(written, upright, binary)
+        return data
 
 
 class PaintMode(beam.PTransform):
@@ -399,24 +501,35 @@ class PaintMode(beam.PTransform):
     with the same hints, so hints on RunInference alone would put both on stage boundaries.
     """
 
-    def __init__(self, handler: PainterModelHandler, limits: SourceLimits, output: str, fmt: str):
+    def __init__(
+        self,
+        handler: PainterModelHandler,
+        limits: SourceLimits,
+        output: str,
+        fmt: str,
+        compositing: Compositing | None = None,
+        *,
+        native_mask: bool = False,
+    ):
         super().__init__()
         self._handler = handler
         self._limits = limits
         self._output = output
         self._fmt = fmt
+        self._compositing = compositing or Compositing()
+        self._native_mask = native_mask
 
     def expand(self, records: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-        requests = records | "ToPaintRequest" >> beam.ParDo(ToPaintRequest(self._limits)).with_outputs(
-            FAILED, main="ok"
+        to_request = ToPaintRequest(
+            self._limits, native_mask=self._native_mask, compositing=self._compositing
         )
+        requests = records | "ToPaintRequest" >> beam.ParDo(to_request).with_outputs(FAILED, main="ok")
         painted, dlq = (
             requests.ok
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
         )
-        written = painted | "WriteImages" >> beam.ParDo(WriteImages(self._output, self._fmt)).with_outputs(
-            FAILED, main="ok"
-        )
+        write = WriteImages(self._output, self._fmt, self._compositing)
+        written = painted | "WriteImages" >> beam.ParDo(write).with_outputs(FAILED, main="ok")
         batch_failures = dlq.failed_inferences | "BatchFailures" >> beam.FlatMap(failed_paint_batch)
         failures = (requests.failed, batch_failures, written.failed) | "Failures" >> beam.Flatten()
         return written.ok, failures
@@ -442,7 +555,12 @@ def _paint(
         # the source's bytes and the painted image. Only small records and failures leave it. Every paint
         # stage's handler loads the same painter: one per process (``PainterModelHandler.load_model``).
         paint = PaintMode(
-            painter_handler(spec, mode, run_id), source_limits(spec), spec.output, painter.output_format
+            painter_handler(spec, mode, run_id),
+            source_limits(spec),
+            spec.output,
+            painter.output_format,
+            Compositing.of(spec),
+            native_mask=spec.mask.mode == "native+composite",
         )
         label = f"Paint[{mode}]" if attempt == 1 else f"Repaint{attempt}[{mode}]"
         painted[mode] = mode_records | label >> paint.with_resource_hints(
@@ -554,6 +672,7 @@ def build(
         source_roots=limits.source_roots,
         storage_errors_before_fail_fast=limits.storage_errors_before_fail_fast,
         storage_cooldown_s=limits.storage_cooldown_s,
+        mask_invert=spec.mask.invert,
     )
     keyed = fetched.ok | "Keys" >> beam.Map(keys.with_keys)
     skipped = []

@@ -170,6 +170,8 @@ def job_keys(spec: JobSpec, judge: JudgeProvider | None = None) -> edit.JobKeys:
         judge_config=judge_config,
         min_overall=spec.quality.min_overall,
         max_paints=spec.quality.max_paints,
+        output_size=spec.painter.output_size,
+        mask_config=edit.mask_config(spec),
     )
 
 

@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.edit import failed_paint_batch
+from pipeline.edit import PaintKey, failed_paint_batch
 from transforms.painter.base import PaintRequest
 from transforms.records import MAX_ERROR_CHARS, EditRecord, ManifestRow, RowRef, error_text
 
@@ -40,7 +40,7 @@ def test_runinference_dead_letters_read_like_other_errors():
     expected = "ValueError: row 'a': cannot paint a 33 px canvas\nthe grid is 32 px"
     with beam.Pipeline("FnApiRunner") as pipeline:
         elements = pipeline | beam.Create(
-            [(_record(i), PaintRequest(key=i, prompt="x", seed=1, source=None)) for i in ("a", "b")]
+            [(PaintKey(_record(i)), PaintRequest(key=i, prompt="x", seed=1, source=None)) for i in ("a", "b")]
         )
         _good, dlq = elements | RunInference(KeyedModelHandler(_Exploding())).with_exception_handling()
         errors = (

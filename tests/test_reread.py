@@ -211,9 +211,9 @@ def test_to_paint_request_rereads_and_fails_changed_or_gone_sources(tmp_path):
     kwargs = {"seed": 5, "blueprint": "bp"}
 
     (ok,) = list(fn.process(fetched("good", tmp_path / "good.png", good, **kwargs)))
-    record, request = ok
+    key, request = ok
     assert request == PaintRequest(key="good", prompt="bp", seed=5, source=good)
-    assert record.id == "good"
+    assert key.record.id == "good" and key.mask is None
     (t2i,) = list(fn.process(fetched("t2i", None, None, **kwargs)))
     assert t2i[1] == PaintRequest(key="t2i", prompt="bp", seed=5, source=None)
 

@@ -38,7 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from transforms import sources
-from transforms.records import STAGE_FETCH, EditRecord, Failure
+from transforms.records import STAGE_FETCH, EditRecord, Failure, error_text
 from transforms.sources import SourceError
 from transforms.storage import write_atomic
 
@@ -101,24 +101,24 @@ def _decoder_says(exc: BaseException, data: bytes, *, with_type: bool = True) ->
     return f"{type(exc).__name__}: {text}" if with_type else text
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, what: str = "source") -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageError(
-            f"source is a decompression bomb: {_decoder_says(exc, data, with_type=False)}"
+            f"{what} is a decompression bomb: {_decoder_says(exc, data, with_type=False)}"
         ) from exc
     except UnidentifiedImageError as exc:
         kind = _sniff(data)
         if kind:
             raise ImageError(
-                f"source looks like {kind} but its header is unreadable (truncated or corrupt)"
+                f"{what} looks like {kind} but its header is unreadable (truncated or corrupt)"
             ) from exc
         raise ImageError(
-            "source is not a recognized image format (no PNG/JPEG/GIF/BMP/TIFF/WebP signature)"
+            f"{what} is not a recognized image format (no PNG/JPEG/GIF/BMP/TIFF/WebP signature)"
         ) from exc
     except Exception as exc:  # broken headers surface as SyntaxError, struct.error, OSError, ...
-        raise ImageError(f"source has an unreadable image header: {_decoder_says(exc, data)}") from exc
+        raise ImageError(f"{what} has an unreadable image header: {_decoder_says(exc, data)}") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -134,40 +134,84 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode ``data`` fully into an RGB image, EXIF-upright; ImageError for anything unusable.
-
-    The declared width*height is checked against ``max_pixels`` before decoding; the full decode then
-    catches truncated or corrupt files (a lazy open alone would not).
-    """
+def _decode_upright(data: bytes, max_pixels: int, what: str) -> Image.Image:
+    """Decode ``data`` fully, EXIF-upright, in its own mode; ImageError (naming ``what``) if unusable."""
     if not data:
-        raise ImageError("source is empty (0 bytes)")
-    img = _open(data)
+        raise ImageError(f"{what} is empty (0 bytes)")
+    img = _open(data, what)
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise ImageError(f"source declares an empty canvas {width}x{height}")
+        raise ImageError(f"{what} declares an empty canvas {width}x{height}")
     if width * height > max_pixels:
         raise ImageError(
-            f"source declares {width}x{height} = {width * height} pixels, over limits.max_pixels={max_pixels}"
+            f"{what} declares {width}x{height} = {width * height} pixels, over limits.max_pixels={max_pixels}"
         )
     fmt = img.format or "image"
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally; we still refuse partial images
         raise ImageError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process; refusing to decode")
     try:
         img.verify()  # structural check (e.g. PNG chunk CRCs); the object is unusable afterwards
-        img = _open(data)
+        img = _open(data, what)
         img.load()
     except ImageError:
         raise
     except Exception as exc:  # OSError("image file is truncated"), SyntaxError, zlib.error, ...
         raise ImageError(
-            f"source {fmt} {width}x{height} cannot be decoded: {_decoder_says(exc, data)}"
+            f"{what} {fmt} {width}x{height} cannot be decoded: {_decoder_says(exc, data)}"
         ) from exc
     try:
         upright = ImageOps.exif_transpose(img)
     except Exception:  # broken EXIF: keep the stored orientation rather than lose the row
         upright = img
-    return _to_rgb(upright if upright is not None else img)
+    return upright if upright is not None else img
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode ``data`` fully into an RGB image, EXIF-upright; ImageError for anything unusable.
+
+    The declared width*height is checked against ``max_pixels`` before decoding; the full decode then
+    catches truncated or corrupt files (a lazy open alone would not).
+    """
+    return _to_rgb(_decode_upright(data, max_pixels, "source"))
+
+
+# A mask's value at or above this is "may change" (before ``mask.invert``).
+MASK_THRESHOLD = 128
+MASK_MODES = ("1", "L", "P", "RGB", "LA", "RGBA")
+
+
+def decode_mask(data: bytes, *, max_pixels: int, invert: bool = False) -> Image.Image:
+    """Decode a region-lock mask into a binary ``L`` image, EXIF-upright: 255 = may change, 0 = locked.
+
+    Decoded like a source (same pixel limit, full decode, EXIF orientation: a mask is drawn on the image as
+    it is displayed). What is read as the mask's value: single-channel images (``1``, ``L``) their value,
+    ``LA``/``RGBA`` (and a ``P`` image with transparency) their alpha (opaque = may change), ``RGB`` (and an
+    opaque ``P``) their luminance. Values >= 128 may change; ``invert`` swaps the two. Other modes (16-bit,
+    CMYK, ...) raise ImageError rather than be guessed at.
+    """
+    img = _decode_upright(data, max_pixels, "mask")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in MASK_MODES:
+        raise ImageError(
+            f"mask has pixel mode {img.mode}; a mask must be one of {', '.join(MASK_MODES)}"
+            " (grayscale, black and white, or an alpha channel)"
+        )
+    if img.mode in ("LA", "RGBA"):
+        value = img.getchannel("A")
+    else:
+        value = img.convert("L")  # "1" -> 0/255; RGB and palette -> ITU-R 601 luminance
+    editable, locked = (0, 255) if invert else (255, 0)
+    return value.point([locked] * MASK_THRESHOLD + [editable] * (256 - MASK_THRESHOLD))
+
+
+_SOURCE_WORD = re.compile(r"\bsource\b")
+
+
+def _reader_said(exc: SourceError) -> str:
+    """The reader's message about a mask it read: its first word "source" (the reader names every file it
+    reads a source) said as "mask"."""
+    return _SOURCE_WORD.sub("mask", str(exc), count=1)
 
 
 class FetchImage(beam.DoFn):
@@ -177,7 +221,9 @@ class FetchImage(beam.DoFn):
     dropped (stages that need pixels read them again, see ``transforms.reread``). Records without a
     source (text-to-image) pass through untouched. The read goes through
     ``sources.SourceReader`` (regular files only, real paths inside ``source_roots``, a deadline per
-    source, fail-fast per storage location). Never raises: a bad source becomes
+    source, fail-fast per storage location). A row with a ``mask`` has it read by the same reader, decoded
+    (``decode_mask``) and checked against the source: the same upright size, and at least one pixel that
+    may change; the record gets its sha256 and locked share. Never raises: a bad source or mask becomes
     ``Failure(record, "fetch", message)`` on the ``failed`` output.
     """
 
@@ -191,8 +237,10 @@ class FetchImage(beam.DoFn):
         storage_errors_before_fail_fast: int = sources.DEFAULT_ERRORS_BEFORE_FAIL_FAST,
         storage_cooldown_s: float = sources.DEFAULT_COOLDOWN_S,
         reader: sources.SourceReader | None = None,
+        mask_invert: bool = False,
     ):
         self._max_pixels = max_pixels
+        self._mask_invert = mask_invert
         self._reader = reader or sources.SourceReader(
             max_bytes=max_image_bytes,
             timeout_s=fetch_timeout_s,
@@ -221,12 +269,50 @@ class FetchImage(beam.DoFn):
             message = f"cannot fetch source {uri}: {type(exc).__name__}: {exc}"
             yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_FETCH, message))
             return
-        yield record.evolve(
+        record = record.evolve(
             source_sha256=hashlib.sha256(data).hexdigest(),
             source_size=len(data),
             source_width=width,
             source_height=height,
         )
+        if record.row.mask:
+            try:
+                record = self._fetch_mask(record)
+            except Exception as exc:  # SourceError, ImageError, or anything else: this row only
+                if isinstance(exc, ImageError):
+                    message = str(exc)
+                else:
+                    message = _reader_said(exc) if isinstance(exc, SourceError) else error_text(exc)
+                error = f"{record.row.ref}, field 'mask': {message}"
+                yield beam.pvalue.TaggedOutput(FAILED, Failure(record, STAGE_FETCH, error))
+                return
+        yield record
+
+    def _fetch_mask(self, record: EditRecord) -> EditRecord:
+        """``record`` with its mask's sha256 and locked share; ImageError for a mask that cannot lock it."""
+        uri = record.row.mask
+        assert uri is not None
+        data = self._reader.read(uri)
+        try:
+            mask = decode_mask(data, max_pixels=self._max_pixels, invert=self._mask_invert)
+        except ImageError as exc:
+            raise ImageError(f"{exc} ({uri})") from exc
+        source_size = (record.source_width, record.source_height)
+        if mask.size != source_size:
+            raise ImageError(
+                f"mask is {mask.size[0]}x{mask.size[1]} but its source is {source_size[0]}x{source_size[1]}"
+                f" (both after EXIF orientation): a mask must have its source's displayed size ({uri})"
+            )
+        histogram = mask.histogram()
+        locked = histogram[0]
+        total = mask.size[0] * mask.size[1]
+        if locked == total:
+            colour = "white (opaque)" if self._mask_invert else "black (transparent)"
+            raise ImageError(
+                f"mask locks every pixel (all {colour} at threshold {MASK_THRESHOLD},"
+                f" mask.invert={str(self._mask_invert).lower()}): nothing to edit, not painted ({uri})"
+            )
+        return record.evolve(mask_sha256=hashlib.sha256(data).hexdigest(), locked_fraction=locked / total)
 
 
 class FetchImages(beam.PTransform):

@@ -22,8 +22,11 @@ The contract (see DESIGN.md, "Manifest"):
   levels; stored as compact JSON text.
 - ``category``: optional short label (at most ``MAX_CATEGORY_CHARS``, no control or bidi characters),
   stored stripped; eval tables and reports group by it.
+- ``mask``: optional path/URI of the row's region-lock mask (white/opaque = may change, black = stays the
+  source's), checked like ``source`` (resolved against the manifest's folder, ``limits.source_roots``);
+  only an edit row can have one (a text-to-image row has no source pixels to lock).
 - Aliases so public files work unchanged: ``key``->id, ``prompt``->instruction, ``image_path`` and
-  ``input_image``->source, ``edit_type`` and ``task_type``->category. Giving two names of one field with
+  ``input_image``->source, ``edit_type`` and ``task_type``->category, ``mask_path``->mask. Giving two names of one field with
   different values is an error naming both.
 - An object of rows keyed by id (a ``.json`` file in ImgEdit-Bench's layout, ``RawRow.member``): the member
   name is the id (a ``key`` field must agree) and the member's own ``id`` field is its source image's path.
@@ -61,6 +64,7 @@ from transforms.manifest_parse import (
     ID_COLUMNS,
     INSTRUCTION_COLUMNS,
     KNOWN_COLUMNS,
+    MASK_COLUMNS,
     SOURCE_COLUMNS,
     URI,
     ManifestRefused,
@@ -114,6 +118,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "instruction": INSTRUCTION_COLUMNS[1:],
     "source": SOURCE_COLUMNS[1:],
     "category": CATEGORY_COLUMNS[1:],
+    "mask": MASK_COLUMNS[1:],
 }
 # A category is a short label (ImgEdit's edit_type, GEdit's task_type): eval tables and reports group by it.
 MAX_CATEGORY_CHARS = 64
@@ -551,6 +556,12 @@ def check_row(
     seed, seed_problem = _check_seed(take("seed"))
     metadata, metadata_problem = _check_metadata(take("metadata"), limits.max_nesting)
     category, category_problem = _check_category(take("category"))
+    mask, mask_problem = _check_source(take("mask"), manifest_dir, limits.source_roots)
+    if mask is not None and source is None and source_problem is None:
+        mask_problem = (
+            "given, but the row has no source: a mask locks part of a source's pixels, and a text-to-image "
+            "row has none (give the row a source, or drop its mask)"
+        )
     for name, problem in (
         ("id", id_problem),
         ("instruction", instruction_problem),
@@ -558,12 +569,13 @@ def check_row(
         ("seed", seed_problem),
         ("metadata", metadata_problem),
         ("category", category_problem),
+        ("mask", mask_problem),
     ):
         if problem:
             found.append((name, problem))
     valid_id = row_id if id_problem is None and not any(n == "id" for n, _ in found) else None
     if found:
-        order = {"id": 0, "instruction": 1, "source": 2, "seed": 3, "metadata": 4, "category": 5}
+        order = {"id": 0, "instruction": 1, "source": 2, "seed": 3, "metadata": 4, "category": 5, "mask": 6}
         found.sort(key=lambda item: order[item[0]])
         problems = tuple(Problem(ref, row_id, name, message) for name, message in found)
         return RowCheck(raw, None, problems, valid_id, STAGE_VALIDATE)
@@ -576,6 +588,7 @@ def check_row(
         metadata=metadata,
         ref=ref,
         category=category,
+        mask=mask,
     )
     return RowCheck(raw, row, (), row_id, STAGE_VALIDATE)
 

@@ -52,8 +52,9 @@ ID_COLUMNS = ("id", "key")
 INSTRUCTION_COLUMNS = ("instruction", "prompt")
 SOURCE_COLUMNS = ("source", "image_path", "input_image")
 CATEGORY_COLUMNS = ("category", "edit_type", "task_type")
+MASK_COLUMNS = ("mask", "mask_path")
 KNOWN_COLUMNS = frozenset(
-    {*ID_COLUMNS, *INSTRUCTION_COLUMNS, *SOURCE_COLUMNS, *CATEGORY_COLUMNS, "seed", "metadata"}
+    {*ID_COLUMNS, *INSTRUCTION_COLUMNS, *SOURCE_COLUMNS, *CATEGORY_COLUMNS, *MASK_COLUMNS, "seed", "metadata"}
 )
 
 URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")

@@ -55,6 +55,7 @@ FREE_TEXT = frozenset(
         "instruction",
         "blueprint",
         "source_uri",
+        "mask_uri",
         "output_uri",
         "metadata",
         "designer",
@@ -157,6 +158,10 @@ def _provenance_row(item: EditRecord | Failure, context: RunContext, now: float)
         instruction=manifest.instruction,
         metadata=manifest.metadata,
         category=manifest.category,
+        mask_uri=manifest.mask,
+        mask_sha256=record.mask_sha256,
+        # the fetched mask's share; a written row's paint fields replace it with the written image's
+        locked_fraction=record.locked_fraction,
         source_sha256=record.source_sha256,
         source_width=record.source_width,
         source_height=record.source_height,

@@ -101,6 +101,10 @@ class EditRecord:
     source_size: int | None = None  # bytes
     source_width: int | None = None
     source_height: int | None = None
+    # fetch, rows with a mask: the mask file's sha256 (it enters the render key) and the share of the
+    # source's pixels it locks (provenance overwrites it with the written image's share, at output size)
+    mask_sha256: str | None = None
+    locked_fraction: float | None = None
     # design
     blueprint: str | None = None
     designer: str | None = None

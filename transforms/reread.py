@@ -63,24 +63,41 @@ def reread_source(reader: SourceReader, record: EditRecord, stage: str) -> bytes
     reader's own message when the read fails (not found, over the size limit, timed out, failing fast,
     outside the roots), ``SourceChanged`` when the bytes' sha256 differs from the fetched one.
     """
+    return _reread(reader, record.row.source, record.source_sha256, "source", stage)
+
+
+def reread_mask(reader: SourceReader, record: EditRecord, stage: str) -> bytes | None:
+    """The record's mask bytes, read again now (like ``reread_source``); None for a row without a mask.
+
+    Errors name the field: ``field 'mask': ...``; a mask that changed since the fetch is ``SourceChanged``
+    (its sha256 is in the render key)."""
+    try:
+        return _reread(reader, record.row.mask, record.mask_sha256, "mask", stage)
+    except SourceChanged as exc:
+        raise SourceChanged(f"field 'mask': {exc}") from exc
+    except SourceError as exc:
+        raise SourceError(f"field 'mask': {exc}") from exc
+
+
+def _reread(
+    reader: SourceReader, uri: str | None, fetched: str | None, what: str, stage: str
+) -> bytes | None:
     if stage not in _NOT_DONE:
         raise ValueError(f"stage must be one of {', '.join(_NOT_DONE)}, not {stage!r}")
-    uri = record.row.source
     if not uri:
         return None
-    fetched = record.source_sha256
     if not fetched:  # a record that skipped the fetch stage: a pipeline bug, failed loudly as its row
-        raise SourceError(f"source {uri} has no sha256 on its record: it was never fetched; not read again")
+        raise SourceError(f"{what} {uri} has no sha256 on its record: it was never fetched; not read again")
     try:
         data = reader.read(uri)
     except SourceError:
         raise
     except Exception as exc:  # never let one row take the bundle down
-        raise SourceError(f"cannot read source {uri}: {type(exc).__name__}: {exc}") from exc
+        raise SourceError(f"cannot read {what} {uri}: {type(exc).__name__}: {exc}") from exc
     now = hashlib.sha256(data).hexdigest()
     if now != fetched:
         raise SourceChanged(
-            f"source changed since it was fetched (sha256 {fetched[:_SHOWN_HEX]}... at fetch,"
+            f"{what} changed since it was fetched (sha256 {fetched[:_SHOWN_HEX]}... at fetch,"
             f" {now[:_SHOWN_HEX]}... now): {_NOT_DONE[stage]}; rerun the row ({uri})"
         )
     return data
