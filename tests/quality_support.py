@@ -1,4 +1,4 @@
-"""A scripted in-process judge for the quality-gate tests and benchmark, and a small job to run it on.
+"""A scripted in-process judge for the quality-gate tests, and a small job to run it on.
 
 ``ScriptedJudge`` scores each row by its id and by how many times that row was judged before (its paint
 number): ``SCRIPTS[script][row_id]`` lists one entry per paint, the last one repeating. An entry is an

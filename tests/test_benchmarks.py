@@ -3,6 +3,7 @@ the bootstrap fails fast, saying why, when no package index is reachable."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -129,3 +130,65 @@ def test_bootstrap_without_a_package_index_fails_fast_and_says_so(tmp_path):
 def test_without_a_gpu_only_the_dry_mode_runs():
     done = run([], {"DIMFLOW_PYTHON": sys.executable}, 45)
     assert done.returncode == 2 and "--device cpu" in done.stderr
+
+
+def _load_eval_fake():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_fake", REPO / "benchmarks" / "eval_fake.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_eval_fake_prints_the_tables_and_a_result_that_follows_from_the_scripted_verdicts(tmp_path):
+    """benchmarks/eval_fake.py on one layout (two eval runs): both tables printed, and the RESULT line equals
+    what the scripted verdicts imply (paint k of a row is judged only if paints 1..k-1 fell below the bar)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "eval_fake.py"), "--layout", "gedit", "--bar", "0.5"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert (
+        len(
+            re.findall(
+                r"^eval of \S+/gedit_en\.jsonl: painter dim:tiny-edit; judge openai:fake-judge$", out, re.M
+            )
+        )
+        == 2
+    )
+    last = out.strip().splitlines()[-1]
+    pattern = " ".join(
+        f"{name}={NUMBER}"
+        for name in (
+            "judge_calls_per_row_p1",
+            "paints_per_row_p1",
+            "judge_calls_per_row_p3",
+            "paints_per_row_p3",
+            "rejected_share_p1",
+            "rejected_share_p3",
+        )
+    )
+    match = re.fullmatch(f"RESULT {pattern}", last)
+    assert match, f"the last line is not a well-formed RESULT line: {last!r}"
+    got = [float(value) for value in match.groups()]
+
+    bench = _load_eval_fake()
+    from transforms.judge.scores import overall
+
+    lines = (REPO / "tests" / "fixtures" / "bench" / "gedit" / "gedit_en.jsonl").read_text().splitlines()
+    texts = [json.loads(line)["instruction"] for line in lines if line.strip()]
+    passes = [[overall(bench.scores(t, k), "edit") >= 0.5 for k in (1, 2, 3)] for t in texts]
+    paints3 = [next((k + 1 for k, ok in enumerate(row) if ok), 3) for row in passes]
+    rejected1 = sum(not row[0] for row in passes) / len(texts)
+    rejected3 = sum(not any(row) for row in passes) / len(texts)
+    want = [1.0, 1.0, sum(paints3) / len(texts), sum(paints3) / len(texts), rejected1, rejected3]
+    assert got == [round(value, 2) for value in want], (got, want)
+    assert rejected1 > 0 and max(paints3) > 1  # the scripted verdicts do exercise rejections and repaints

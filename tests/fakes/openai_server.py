@@ -18,7 +18,8 @@ It stands in for OpenAI / vLLM in tests and benchmarks (loopback only). What it 
   or as a JSON object, like an echo endpoint behind a misrouted proxy), ``reply:TEXT`` (a 200 whose content
   is TEXT verbatim; only the first ``:`` separates, so TEXT may contain colons: a judge's scripted verdict);
 * records every request (time, model, sampling parameters, prompt text, image count, whether the
-  Authorization header matched ``expected_key``) in ``requests``; header values are never stored.
+  Authorization header matched ``expected_key``, and the ``usage`` a 200 reply reported) in ``requests``;
+  header values are never stored.
 
 A normal reply is a blueprint that quotes the last line of the prompt text, with ``usage`` filled in.
 """
@@ -58,6 +59,8 @@ class Recorded:
     authorized: bool
     fault: str
     status: int = 0  # 0 until the reply has been sent
+    prompt_tokens: int | None = None  # the usage a 200 completion reported (None: no completion sent)
+    completion_tokens: int | None = None
 
 
 @dataclass
@@ -244,9 +247,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             echo = "\n".join(f"{name}: {value}" for name, value in self.headers.items())
         elif fault == "echo-json":
             echo = json.dumps(dict(self.headers.items()))
-        fake._finish(recorded, self._serve(fault, wait, body, text, echo))
+        fake._finish(recorded, self._serve(fault, wait, body, text, echo, recorded))
 
-    def _serve(self, fault: str, wait: float | None, body: dict[str, Any], text: str, echo: str) -> int:
+    def _serve(
+        self, fault: str, wait: float | None, body: dict[str, Any], text: str, echo: str, recorded: Recorded
+    ) -> int:
         fake = self.server_fake
         kind, _, arg = fault.partition(":")
         if kind == "limited":
@@ -288,8 +293,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             content = f"{_blueprint(text)}\n\nrequest received with headers:\n{echo}"
         else:
             content = _blueprint(text)
+        completion = _completion(body, text, content)
+        recorded.prompt_tokens = completion["usage"]["prompt_tokens"]
+        recorded.completion_tokens = completion["usage"]["completion_tokens"]
         try:
-            return self._json(200, _completion(body, text, content))
+            return self._json(200, completion)
         except OSError:  # the client gave up (timeout) and closed the connection
             return 200
 
