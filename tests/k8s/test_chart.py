@@ -436,3 +436,25 @@ def test_long_release_names_fit():
         assert len(doc["metadata"]["name"]) <= limit, doc["metadata"]["name"]
         for value in doc["metadata"]["labels"].values():
             assert len(value) <= 63
+
+
+def test_an_openai_judge_gets_its_key_in_the_paint_pods_only():
+    """The judge runs after painting, in the paint pods: they get the judge's key variable from the Secret;
+    design pods (no judge there) get only the designer's. Without a judge, paint pods get no key."""
+    values = {
+        "jobSpec": {
+            "designer": {"kind": "none"},
+            "judge": {"kind": "openai", "model": "gpt-4o", "api_key_env": "JUDGE_API_KEY"},
+            "quality": {"min_overall": 0.6, "max_paints": 3},
+        },
+        "apiKey": {"existingSecret": "judge-credentials"},
+    }
+    jobs = {j["metadata"]["name"]: j for j in support.embedded_jobs(support.objects(support.render(values)))}
+    paint_env = _env(_container(jobs["dimflow-paint"])[1])
+    assert paint_env["JUDGE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "judge-credentials"
+    assert "JUDGE_API_KEY" not in _env(_container(jobs["dimflow-design"])[1])
+
+    values["jobSpec"]["judge"] = {"kind": "none"}
+    values["jobSpec"]["quality"] = {}
+    jobs = {j["metadata"]["name"]: j for j in support.embedded_jobs(support.objects(support.render(values)))}
+    assert not [name for name in _env(_container(jobs["dimflow-paint"])[1]) if name.endswith("API_KEY")]

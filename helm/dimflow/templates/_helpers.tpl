@@ -148,6 +148,19 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/* The judge's API key env var (paint pods: the judge runs after painting), from the same Secret, for
+an openai judge only: (dict "root" $ "jobSpec" ...). */}}
+{{- define "dimflow.judgeKeyEnvVar" -}}
+{{- $judge := default (dict) .jobSpec.judge }}
+{{- if and .root.Values.apiKey.enabled (eq (default "none" $judge.kind) "openai") -}}
+- name: {{ default "OPENAI_API_KEY" $judge.api_key_env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "apiKey.existingSecret is required when apiKey.enabled is true" .root.Values.apiKey.existingSecret }}
+      key: {{ .root.Values.apiKey.key }}
+{{- end }}
+{{- end }}
+
 {{- define "dimflow.cacheVolume" -}}
 - name: cache
 {{- if .Values.modelCache.existingClaim }}

@@ -212,6 +212,9 @@ spec:
                 fieldRef:
                   fieldPath: metadata.labels['batch.kubernetes.io/controller-uid']
             {{- include "dimflow.workloadEnv" $root | nindent 12 }}
+            {{- with include "dimflow.judgeKeyEnvVar" (dict "root" $root "jobSpec" .jobSpec) }}
+            {{- . | nindent 12 }}
+            {{- end }}
           securityContext:
             {{- include "dimflow.containerSecurityContext" $root | nindent 12 }}
           resources:
