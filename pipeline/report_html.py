@@ -4,7 +4,8 @@ Summary figures, the painters' weights licenses (rows per license), three plots 
 throughput over time, failures by stage), the judge's figures when the run had a judge (an inline SVG
 histogram of ``judge_overall``, mean scores per criterion and category, paints per row, the rejected rows),
 a contact sheet of before/after thumbnails with instruction, blueprint and scores (one page of
-``max_pairs`` ok and rejected rows, by id or worst score first), and every failed row with its stage and error.
+``max_pairs`` ok and rejected rows, by id or worst score first; a masked row's cards carry its mask's outline
+and locked figures, pipeline/report_mask.py), and every failed row with its stage and error.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.eval import NO_CATEGORY
 from pipeline.report import RunReport, license_line
+from pipeline.report_mask import MaskOutline, mask_outline, mask_text
 from transforms.judge.scores import CRITERIA
 
 THUMB_PX = 192
@@ -36,6 +38,9 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;paddin
 .meta{font-size:12px;margin-top:6px}details{font-size:12px}.failed td{background:#fff4f2}
 .scores{font-size:12px;margin-top:4px;color:#334}.rejected{border-color:#c0504d;background:#fff8f6}
 .badge{background:#c0504d;color:#fff;border-radius:3px;padding:0 4px;font-size:11px}
+.masked{position:relative;display:inline-block;margin-right:6px}.masked img{margin-right:0}
+.pair img.outline{position:absolute;left:0;top:0;height:100%;image-rendering:pixelated;pointer-events:none}
+.mask{font-size:12px;margin-top:4px;color:#334}.mask .uri{color:#778}
 """
 
 
@@ -59,6 +64,13 @@ def thumbnail(uri: str | None) -> str | None:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _outlined(image_html: str, mask: MaskOutline | None) -> str:
+    """A thumbnail with the mask's outline laid over it (the thumbnail alone without a mask or an edge)."""
+    if mask is None or mask.overlay is None:
+        return image_html
+    return f"<span class='masked'>{image_html}<img class='outline' alt='mask outline' src='{mask.overlay}'></span>"
 
 
 def _plot(draw) -> str:
@@ -315,14 +327,17 @@ def render_html(
     for row in shown:
         before = thumbnail(row["source_uri"])
         after = thumbnail(row["output_uri"])
+        mask = mask_outline(row["mask_uri"], report.spec, THUMB_PX) if row.get("mask_uri") else None
         if row["source_uri"] is None:
             before_html = "<span class='none'>text-to-image<br>(no source)</span>"
         elif before is None:
             before_html = "<span class='none'>source unreadable now</span>"
         else:
-            before_html = f"<img class='before' alt='before {esc(row['id'])}' src='{before}'>"
+            before_html = _outlined(
+                f"<img class='before' alt='before {esc(row['id'])}' src='{before}'>", mask
+            )
         after_html = (
-            f"<img class='after' alt='after {esc(row['id'])}' src='{after}'>"
+            _outlined(f"<img class='after' alt='after {esc(row['id'])}' src='{after}'>", mask)
             if after
             else "<span class='none'>output unreadable now</span>"
         )
@@ -332,7 +347,7 @@ def render_html(
         parts.append(
             f"<div class='pair{' rejected' if rejected else ''}' data-id='{esc(row['id'])}'>{before_html}{after_html}"
             f"<div class='meta'><b>{esc(row['id'])}</b>{badge}{category}: {esc(row['instruction'] or '')}</div>"
-            f"{card_scores(row)}"
+            f"{mask_text(row, mask) if mask else ''}{card_scores(row)}"
             f"<details><summary>blueprint ({esc(row['designer'] or '')})</summary>{esc(row['blueprint'] or '')}</details></div>"
         )
     parts.append("</div>")

@@ -24,7 +24,7 @@ from transforms.manifest_stream import (
     ManifestLimits,
 )
 from transforms.painter.base import COMPILE_CHOICES, compile_mode, device_choice
-from transforms.painter.kinds import KIND_NAMES, KINDS, get_kind
+from transforms.painter.kinds import KIND_NAMES, KINDS, NATIVE_MASK_KINDS, get_kind
 from transforms.painter.licenses import LICENSE_NAME
 
 
@@ -357,6 +357,18 @@ class JobSpec(_Strict):
             )
         if quality.max_paints > 1 and quality.min_overall is None:
             raise ValueError("quality.max_paints > 1 repaints rows below quality.min_overall: set it too")
+        return self
+
+    @model_validator(mode="after")
+    def _native_masks_need_a_kind_that_takes_them(self) -> JobSpec:
+        """``mask.mode: native+composite`` with a kind that cannot take a mask would silently paint the whole
+        frame as ``composite`` does: refused, naming the kinds that can."""
+        if self.mask.mode == "native+composite" and not get_kind(self.painter.kind).native_masks:
+            raise ValueError(
+                f"mask.mode native+composite needs a painter kind that takes masks natively "
+                f"({', '.join(NATIVE_MASK_KINDS)}); painter.kind is {self.painter.kind} (use mask.mode "
+                "composite: every kind composites)"
+            )
         return self
 
     def secret_env_names(self) -> list[str]:

@@ -307,3 +307,22 @@ def test_bad_painter_kinds_and_settings_name_the_field(tmp_path, overrides, frag
     with pytest.raises(SpecError) as error:
         load_spec(write(tmp_path, MINIMAL), overrides)
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["dim", "longcat-image-edit"])
+def test_native_masks_with_a_kind_that_takes_none_are_refused(tmp_path, kind):
+    """mask.mode native+composite with dim or longcat would paint the whole frame unmasked: refused, naming
+    the kinds that take masks; composite (every kind) is accepted."""
+    with pytest.raises(SpecError) as error:
+        load_spec(write(tmp_path, MINIMAL), [f"painter.kind={kind}", "mask.mode=native+composite"])
+    message = str(error.value)
+    assert "mask.mode native+composite needs a painter kind that takes masks natively" in message
+    assert "(qwen-image-edit); painter.kind is " + kind in message
+    assert load_spec(write(tmp_path, MINIMAL), [f"painter.kind={kind}", "mask.mode=composite"]).mask.mode == (
+        "composite"
+    )
+
+
+def test_native_masks_with_qwen_are_accepted(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL), ["painter.kind=qwen-image-edit", "mask.mode=native+composite"])
+    assert spec.mask.mode == "native+composite" and spec.painter.kind == "qwen-image-edit"

@@ -2,7 +2,8 @@
 
 The committed images under jobs/demo/images/ were made by this script (``python jobs/demo/make_samples.py``);
 they are our own drawings, so there is no third-party license to track. One JPEG carries an EXIF
-orientation tag so the demo shows it being applied.
+orientation tag so the demo shows it being applied; ``sneaker-mask.png`` is the mask of the demo's
+region-locked row (white = may change, black = the shoe, which must stay).
 """
 
 from __future__ import annotations
@@ -20,14 +21,28 @@ def _canvas(background: tuple[int, int, int]) -> tuple[Image.Image, ImageDraw.Im
     return image, ImageDraw.Draw(image)
 
 
+def _draw_sneaker(draw: ImageDraw.ImageDraw, *, upper, sole, laces) -> None:
+    """The shoe itself (upper, sole, laces): drawn in colour for the photo, in black for its mask."""
+    draw.polygon([(60, 190), (70, 120), (130, 110), (190, 150), (280, 165), (285, 195)], fill=upper)
+    draw.rectangle((58, 188, 287, 202), fill=sole)
+    for x in range(110, 170, 14):
+        draw.line((x, 125, x + 18, 150), fill=laces, width=3)
+
+
 def sneaker() -> Image.Image:
     image, draw = _canvas((214, 222, 230))
     draw.ellipse((40, 190, 290, 215), fill=(170, 176, 184))  # shadow
-    draw.polygon([(60, 190), (70, 120), (130, 110), (190, 150), (280, 165), (285, 195)], fill=(200, 40, 50))
-    draw.rectangle((58, 188, 287, 202), fill=(245, 245, 245))  # sole
-    for x in range(110, 170, 14):
-        draw.line((x, 125, x + 18, 150), fill=(250, 250, 250), width=3)  # laces
+    _draw_sneaker(draw, upper=(200, 40, 50), sole=(245, 245, 245), laces=(250, 250, 250))
     return image
+
+
+def sneaker_mask() -> Image.Image:
+    """The region lock of sneaker.png (manifest row sneaker-locked): white = may change (the background and
+    the shadow), black = must stay (the shoe, drawn with the photo's own shapes, so it covers every shoe
+    pixel: Pillow draws these shapes without antialiasing)."""
+    mask = Image.new("L", SIZE, 255)
+    _draw_sneaker(ImageDraw.Draw(mask), upper=0, sole=0, laces=0)
+    return mask
 
 
 def mug() -> Image.Image:
@@ -58,6 +73,7 @@ def backpack_rotated() -> Image.Image:
 def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
     sneaker().save(HERE / "sneaker.png", optimize=True)
+    sneaker_mask().save(HERE / "sneaker-mask.png", optimize=True)
     mug().save(HERE / "mug.png", optimize=True)
     lamp().save(HERE / "lamp.jpg", quality=90)
     exif = Image.Exif()

@@ -5,6 +5,7 @@ the pipeline classes it paints each task with, its tiny builder, latent grid and
 its ``fingerprint`` and ``load_painter`` for ``transforms/painter/kinds.py``. Loading goes through diffusers'
 own ``from_pretrained`` for ``tiny`` and released checkpoints alike; the only component built here is a
 Qwen2-VL processor a folder names (``diffusers_processor``: transformers cannot build it without torchvision).
+A kind whose ``CallStyle.masked`` names an inpainting pipeline gets it built over the edit pipeline's components.
 """
 
 from __future__ import annotations
@@ -93,17 +94,20 @@ class DiffusersKind:
         pipeline = load_pipeline(folder, dtype=dtype)
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
+        style = self.call_style()
+        masked = masked_pipeline(pipeline, style.masked.pipeline) if task == "edit" and style.masked else None
         return DiffusersPainter(
             name=self.painter_name(checkpoint, task),
             task=task,
             pipeline=pipeline,
-            style=self.call_style(),
+            style=style,
             checkpoint_sha256=sha,
             dtype=dtype,
             device=device,
             grid=self.grid(folder),
             noise_device=noise_device,
             vae_tile_pixels=vae_tile_pixels,
+            masked_pipeline=masked,
         )
 
 
@@ -117,6 +121,18 @@ def load_pipeline(folder: Path, *, dtype):
     index = read_model_index(folder)
     components = {name: load_processor(folder, name) for name in processor_components(index)}
     return getattr(diffusers, index["_class_name"]).from_pretrained(str(folder), dtype=dtype, **components)
+
+
+def masked_pipeline(pipeline, class_name: str):
+    """The diffusers pipeline ``class_name`` over ``pipeline``'s own components (the same module objects: no
+    second copy of the weights, already on the device and in the dtype). Built by the class's constructor, as
+    ``DiffusionPipeline.from_pipe`` does, but without from_pipe's closing ``.to(dtype)`` (float32 unless
+    told), which would recast the shared modules in place."""
+    import diffusers
+
+    other = getattr(diffusers, class_name)(**pipeline.components)
+    other.set_progress_bar_config(disable=True)
+    return other
 
 
 def vae_config_value(folder: Path, key: str) -> Any:

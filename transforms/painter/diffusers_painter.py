@@ -16,12 +16,19 @@ through its text-to-image pipeline, with DIM's contracts.
   diffusers 0.42.1's ``LongCatImageEditPipeline`` paints about 1024² pixels at its source's aspect) gets the
   source center-cropped to the row's aspect (as DIM crops), and its output is resized (Lanczos) to the row's
   size; the size it painted is checked against what the style says it paints.
+- **Native masks** (``CallStyle.masked``, ``mask.mode: native+composite``): an edit row whose request carries a
+  mask is painted by the kind's inpainting pipeline, built once over the edit pipeline's own components (the
+  same module objects: no second copy of the weights), one row per call. It is given the whole upright source
+  (not cropped) and the mask binarised at 128 (white = may change, diffusers' "white is repainted"), paints
+  at its own size for the source's aspect, and its output is resized (Lanczos) to the row's size: the same
+  geometry as the source resampled to the output size, which the composite keeps outside the mask.
 - **Checks** before any pixel is painted: the sampling parameters against the grid, every request against
   the task (a source for edits, none for text-to-image, a prompt, a seed in range), naming the row.
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from transforms.painter.base import (
     DEFAULT_VAE_TILE_PIXELS,
@@ -64,6 +71,21 @@ class CallStyle:
     guidance_threshold: float = 1.0  # guidance at or below this: no negative prompt (the pipeline skips CFG)
     fixed: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     unsized: Mapping[str, Callable[[int, int], tuple[int, int]]] = field(default_factory=dict)
+    masked: MaskedCall | None = None  # how edit rows with a mask are painted (None: the kind takes no masks)
+
+
+@dataclass(frozen=True)
+class MaskedCall:
+    """How a kind paints an edit row with a native mask.
+
+    ``pipeline``: the diffusers class (built over the edit pipeline's components). ``painted_size``: the
+    (width, height) it paints for a source of a given upright (width, height) (it takes no size argument).
+    ``fixed``: further keyword arguments of every masked call.
+    """
+
+    pipeline: str
+    painted_size: Callable[[int, int], tuple[int, int]]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
 
 
 class DiffusersPainter:
@@ -83,10 +105,12 @@ class DiffusersPainter:
         noise_device: str = "cpu",
         row_by_row: bool | None = None,
         vae_tile_pixels: int | None = DEFAULT_VAE_TILE_PIXELS,
+        masked_pipeline: Any = None,
     ):
         """``grid``: the pixel multiple every output side must be. ``row_by_row`` (default: on for the CPU)
         paints one row per call whatever ``style`` allows, so an image never depends on its batch.
-        ``vae_tile_pixels``: outputs with more pixels decode with the VAE's tiling (None: never)."""
+        ``vae_tile_pixels``: outputs with more pixels decode with the VAE's tiling (None: never).
+        ``masked_pipeline``: the pipeline of ``style.masked`` (edit painters of kinds that take masks)."""
         if task not in style.rows_per_call:
             raise ValueError(f"task must be one of {sorted(style.rows_per_call)}, got {task!r}")
         if noise_device not in NOISE_DEVICES:
@@ -107,6 +131,12 @@ class DiffusersPainter:
         self.grid = grid
         self.noise_device = noise_device
         self.row_by_row = device.type == "cpu" if row_by_row is None else bool(row_by_row)
+        if (masked_pipeline is not None) != (task == "edit" and style.masked is not None):
+            raise ValueError(
+                f"a {task} painter takes a masked pipeline exactly when its style has a masked call "
+                f"(style.masked: {style.masked!r}, masked_pipeline given: {masked_pipeline is not None})"
+            )
+        self.masked_pipeline = masked_pipeline
         self.vae_tile_pixels = vae_tile_pixels
         self._lock = threading.Lock()  # one call at a time on the pipeline, whatever the caller's threads
 
@@ -119,24 +149,31 @@ class DiffusersPainter:
         check_params(params, grid=self.grid)
         for request in requests:
             check_request(request, self.task)
+            if request.mask is not None and self.masked_pipeline is None:
+                raise ValueError(
+                    f"row {request.key!r}: the request carries a mask but painter {self.name} ({self.task}) "
+                    "takes no native masks (mask.mode native+composite needs an edit painter of a kind that does)"
+                )
 
     def output_size(self, request: PaintRequest, params: PaintParams) -> tuple[int, int]:
         """(width, height): square, or the source's aspect bucket (``preserve``, edit rows)."""
         size = source_size(request) if params.aspect == "preserve" and request.source is not None else None
         return buckets.output_size(size, params.resolution, self.grid, params.aspect)
 
-    def calls(self, sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
+    def calls(
+        self, sizes: Sequence[tuple[int, int]], masked: Sequence[bool] | None = None
+    ) -> list[list[int]]:
         """Indices of the rows painted by each pipeline call: one size per call, sizes in order of first
-        appearance, at most ``rows_per_call`` rows each."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, size in enumerate(sizes):
-            groups.setdefault(size, []).append(index)
-        limit = self.rows_per_call
-        return [
-            group[start : start + (limit or len(group))]
-            for group in groups.values()
-            for start in range(0, len(group), limit or len(group))
-        ]
+        appearance, at most ``rows_per_call`` rows each; rows with a native mask (``masked``) one per call."""
+        masked = [False] * len(sizes) if masked is None else list(masked)
+        groups: dict[tuple[tuple[int, int], bool], list[int]] = {}
+        for index, (size, with_mask) in enumerate(zip(sizes, masked, strict=True)):
+            groups.setdefault((size, with_mask), []).append(index)
+        calls = []
+        for (_, with_mask), group in groups.items():
+            limit = 1 if with_mask else (self.rows_per_call or len(group))
+            calls.extend(group[start : start + limit] for start in range(0, len(group), limit))
+        return calls
 
     def generator(self, seed: int) -> torch.Generator:
         """The row's own generator: on the CPU (the same noise on any device), or on the accelerator."""
@@ -150,17 +187,27 @@ class DiffusersPainter:
 
     def painted_size(self, arguments: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) the pipeline paints for a call with these arguments, asked for ``size``: ``size``,
-        or for an unsized pipeline what it paints for the (cropped) source it is given."""
+        or for an unsized or masked pipeline what it paints for the (cropped) source it is given."""
+        image = arguments.get("image")
+        image = image[0] if isinstance(image, list) else image
+        if "mask_image" in arguments:
+            assert self.style.masked is not None
+            return self.style.masked.painted_size(*image.size)
         if self.sized:
             return size
-        image = arguments["image"]
-        return self.style.unsized[self.task](*(image[0] if isinstance(image, list) else image).size)
+        return self.style.unsized[self.task](*image.size)
+
+    def pipeline_for(self, arguments: dict[str, Any]) -> Any:
+        """The pipeline a call with these arguments goes to: the masked one for a row with a native mask."""
+        return self.masked_pipeline if "mask_image" in arguments else self.pipeline
 
     def call_arguments(
         self, requests: Sequence[PaintRequest], params: PaintParams, size: tuple[int, int]
     ) -> dict[str, Any]:
         """The keyword arguments of one pipeline call painting ``requests`` at ``size`` (what a direct call of
         the pipeline takes, so tests can call it the same way)."""
+        if any(request.mask is not None for request in requests):
+            return self.masked_call_arguments(requests, params)
         width, height = size
         one = len(requests) == 1
         prompts = [request.prompt for request in requests]
@@ -185,6 +232,29 @@ class DiffusersPainter:
             arguments["image"] = images[0] if one else images
         return arguments
 
+    def masked_call_arguments(self, requests: Sequence[PaintRequest], params: PaintParams) -> dict[str, Any]:
+        """The keyword arguments of one masked pipeline call (one row): the whole upright source, its mask
+        binarised in the pipeline's convention, no size (the pipeline sizes from the source)."""
+        if len(requests) != 1 or self.style.masked is None:
+            raise ValueError(
+                f"a masked call paints one row of an edit painter that takes masks, got {requests}"
+            )
+        (request,) = requests
+        image = source_image(request)
+        arguments: dict[str, Any] = {
+            **self.style.masked.fixed,
+            "prompt": request.prompt,
+            "image": image,
+            "mask_image": mask_image(request, image.size),
+            "num_inference_steps": params.steps,
+            self.style.guidance_argument: float(params.guidance_scale),
+            "generator": self.generator(request.seed),
+            "output_type": "pil",
+        }
+        if self.style.negative_prompt is not None and params.guidance_scale > self.style.guidance_threshold:
+            arguments["negative_prompt"] = self.style.negative_prompt
+        return arguments
+
     def paint(self, requests: Sequence[PaintRequest], params: PaintParams) -> list[Painting]:
         """One ``Painting`` per request, in order. ``paint_s`` is each row's even share of the wall time;
         ``batch_size`` is the rows given."""
@@ -194,17 +264,19 @@ class DiffusersPainter:
             self.check(requests, params)
             sizes = [self.output_size(r, params) for r in requests]
             images: list[Image.Image | None] = [None] * len(requests)
-            for indices in self.calls(sizes):
+            masked = [r.mask is not None for r in requests]
+            for indices in self.calls(sizes, masked):
                 rows = [requests[i] for i in indices]
                 size = sizes[indices[0]]
                 arguments = self.call_arguments(rows, params, size)
                 painted_size = self.painted_size(arguments, size)
                 self._set_vae_tiling(painted_size)
-                output = self.pipeline(**arguments)
+                pipeline = self.pipeline_for(arguments)
+                output = pipeline(**arguments)
                 painted = list(output.images)
                 if len(painted) != len(rows):
                     raise RuntimeError(
-                        f"{type(self.pipeline).__name__} returned {len(painted)} images for {len(rows)} rows"
+                        f"{type(pipeline).__name__} returned {len(painted)} images for {len(rows)} rows"
                     )
                 for index, image in zip(indices, painted, strict=True):
                     if image.size != painted_size:
@@ -212,7 +284,7 @@ class DiffusersPainter:
                             f"row {requests[index].key!r}: the pipeline painted {image.size}, "
                             f"expected {painted_size}"
                         )
-                    if image.size != size:  # an unsized pipeline's output, at the row's aspect already
+                    if image.size != size:  # an unsized or masked pipeline's output
                         image = image.resize(size, Image.Resampling.LANCZOS)
                     images[index] = image.convert("RGB")
             share = (time.perf_counter() - started) / max(len(requests), 1)
@@ -271,3 +343,33 @@ def source_image(request: PaintRequest) -> Image.Image:
         raise ValueError(
             f"row {request.key!r}: cannot convert the source image to RGB: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+# The mask's binarisation threshold (0-255): at or above it a pixel may change. diffusers' mask processor
+# binarises at 0.5 of the same scale, so the mask given is what it paints by.
+MASK_THRESHOLD = 128
+
+
+def mask_image(request: PaintRequest, size: tuple[int, int]) -> Image.Image:
+    """The row's mask as the inpainting pipelines take it: upright (EXIF applied), one channel, 255 = may
+    change (repainted), 0 = kept; the alpha channel of a mask with transparency (opaque = may change), else
+    its grey level; binarised at ``MASK_THRESHOLD``. It must have the source's upright ``size``."""
+    assert request.mask is not None
+    try:
+        image = Image.open(io.BytesIO(request.mask))
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            grey = image.convert("RGBA").getchannel("A")
+        else:
+            grey = image.convert("L")
+    except Exception as exc:  # PIL raises several types for broken files
+        raise ValueError(
+            f"row {request.key!r}: field mask: cannot decode the mask image: {type(exc).__name__}: {exc}"
+        ) from exc
+    if grey.size != size:
+        raise ValueError(
+            f"row {request.key!r}: field mask: the mask is {grey.size[0]}x{grey.size[1]} but the source is "
+            f"{size[0]}x{size[1]} (after EXIF orientation)"
+        )
+    return grey.point(lambda value: 255 if value >= MASK_THRESHOLD else 0)

@@ -35,6 +35,9 @@ class PainterKind:
     t2i_checkpoint: str | None
     # Settings only this kind's painter reads; other values than their defaults are refused for other kinds.
     only: tuple[str, ...] = ()
+    # Whether the kind's edit painter takes a row's mask itself (``mask.mode: native+composite``): it paints
+    # masked rows with an inpainting pipeline built from the same loaded weights. Others only composite.
+    native_masks: bool = False
 
     def spec_defaults(self) -> dict[str, Any]:
         """The job spec's ``painter.*`` defaults for this kind."""
@@ -83,6 +86,7 @@ _KINDS: dict[str, PainterKind] = {
         resolution=1024,
         checkpoint="Qwen/Qwen-Image-Edit-2511",
         t2i_checkpoint=None,  # e.g. Qwen/Qwen-Image (not by default: a job would fetch 40 GB it may not use)
+        native_masks=True,  # diffusers' QwenImageEditInpaintPipeline over the same components
     ),
     # LongCat-Image-Edit's README and scripts (transforms/painter/longcat/facts.py): edits 50 steps, guidance
     # 4.5 (negative prompt ''), painted at about 1024^2 pixels whatever is asked (resized to the row's size).
@@ -100,6 +104,7 @@ _KINDS: dict[str, PainterKind] = {
 }
 KINDS: Mapping[str, PainterKind] = MappingProxyType(_KINDS)
 KIND_NAMES: tuple[str, ...] = tuple(_KINDS)
+NATIVE_MASK_KINDS: tuple[str, ...] = tuple(name for name, kind in _KINDS.items() if kind.native_masks)
 
 
 def get_kind(name: object) -> PainterKind:
