@@ -341,6 +341,25 @@ class JobSpec(_Strict):
     # provenance `designer` or `judge` value (e.g. "openai:gpt-4o") -> price; `dimflow report` estimates cost
     prices: dict[str, PriceSpec] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mask_invert_alias(cls, data: Any) -> Any:
+        """``mask_invert: true`` at the top level is ``mask.invert: true`` (the name the feature was asked
+        for); both given and different is an error naming both."""
+        if not isinstance(data, dict) or "mask_invert" not in data:
+            return data
+        data = dict(data)
+        invert = data.pop("mask_invert")
+        mask = data.get("mask") if isinstance(data.get("mask"), dict) else {}
+        if "invert" in mask and mask["invert"] != invert:
+            raise ValueError(
+                f"mask_invert ({invert!r}) and mask.invert ({mask['invert']!r}) disagree; set one"
+            )
+        if not isinstance(data.get("mask", {}), dict):
+            return {**data, "mask_invert": invert}  # the mask section's own validator names its type
+        data["mask"] = {**mask, "invert": invert}
+        return data
+
     @field_validator("manifest", "output")
     @classmethod
     def _not_blank(cls, value: str) -> str:

@@ -326,3 +326,22 @@ def test_native_masks_with_a_kind_that_takes_none_are_refused(tmp_path, kind):
 def test_native_masks_with_qwen_are_accepted(tmp_path):
     spec = load_spec(write(tmp_path, MINIMAL), ["painter.kind=qwen-image-edit", "mask.mode=native+composite"])
     assert spec.mask.mode == "native+composite" and spec.painter.kind == "qwen-image-edit"
+
+
+def test_mask_invert_at_the_top_level_is_mask_invert():
+    """The issue's spelling, ``mask_invert: true`` per job, sets ``mask.invert``; a disagreement is refused
+    naming both, and a non-boolean is refused by the field's own validator."""
+    from pipeline.spec import JobSpec
+
+    base = {"name": "j", "manifest": "m.jsonl", "output": "out"}
+    assert JobSpec.model_validate({**base, "mask_invert": True}).mask.invert is True
+    assert (
+        JobSpec.model_validate({**base, "mask_invert": True, "mask": {"feather_px": 0}}).mask.feather_px == 0
+    )
+    assert (
+        JobSpec.model_validate({**base, "mask_invert": False, "mask": {"invert": False}}).mask.invert is False
+    )
+    with pytest.raises(ValueError, match="mask_invert .* and mask.invert .* disagree"):
+        JobSpec.model_validate({**base, "mask_invert": True, "mask": {"invert": False}})
+    with pytest.raises(ValueError, match="invert"):
+        JobSpec.model_validate({**base, "mask_invert": "sometimes"})
