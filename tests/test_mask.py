@@ -17,10 +17,11 @@ import yaml
 from PIL import Image
 
 from pipeline import cli
-from pipeline.edit import Compositing, JobKeys, PaintKey, ToPaintRequest, job_row_problem
+from pipeline.edit import JobKeys, job_row_problem
 from pipeline.run import read_provenance
 from transforms import schema
 from transforms.images import decode_image
+from transforms.paint_stage import Compositing, PaintKey, ToPaintRequest
 from transforms.records import EditRecord, ManifestRow, RowRef
 from transforms.reread import SourceLimits
 
@@ -193,13 +194,17 @@ def test_bad_masks_fail_their_rows_naming_the_field(source_size_run):
         "t2i": ("validate", "field 'mask': given, but the row has no source"),
         "outside": ("validate", "field 'mask':"),
     }
+    # manifest order (provenance rows come in no particular order)
+    manifest_ids = [
+        json.loads(line)["id"] for line in (directory / "manifest.jsonl").read_text().splitlines()
+    ]
     for row_id, (stage, fragment) in expected.items():
         row = rows[row_id]
         assert (row["status"], row["error_stage"]) == ("failed", stage), row
         assert fragment in row["error"], row["error"]
         assert row["output_uri"] is None
         if stage == "fetch":
-            assert f"manifest.jsonl row {list(rows).index(row_id) + 1}, field 'mask'" in row["error"]
+            assert f"manifest.jsonl row {manifest_ids.index(row_id) + 1}, field 'mask'" in row["error"]
     assert "is outside limits.source_roots" in rows["outside"]["error"]
     assert not (directory / "out" / "images" / "black").exists()  # nothing to edit: never painted
 

@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.edit import PaintKey, failed_paint_batch
+from transforms.paint_stage import PaintKey, failed_paint_batch
 from transforms.painter.base import PaintRequest
 from transforms.records import MAX_ERROR_CHARS, EditRecord, ManifestRow, RowRef, error_text
 

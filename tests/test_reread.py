@@ -24,7 +24,6 @@ import yaml
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline.edit import ToPaintRequest
 from pipeline.run import read_provenance, run_job
 from pipeline.spec import load_spec
 from tests.fakes.openai_server import FakeOpenAI
@@ -33,6 +32,7 @@ from transforms.designer.base import Design, DesignerProvider, DesignFailure, De
 from transforms.designer.none import PassThroughDesigner
 from transforms.designer.stage import DesignRecords
 from transforms.images import FetchImage
+from transforms.paint_stage import ToPaintRequest
 from transforms.painter.base import PaintRequest
 from transforms.records import STAGE_DESIGN, STAGE_PAINT, EditRecord, Failure, ManifestRow, RowRef
 from transforms.reread import SourceChanged, SourceLimits, reread_source
