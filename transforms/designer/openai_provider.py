@@ -29,12 +29,12 @@ from transforms.designer.image import (
 )
 from transforms.designer.parse import ReplyError, parse_reply
 from transforms.designer.prompt import PROMPT_VERSION, build_prompt
-from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply
+from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, OnChatEndpoint
 
 log = logging.getLogger(__name__)
 
 
-class OpenAIDesigner(DesignerProvider):
+class OpenAIDesigner(OnChatEndpoint, DesignerProvider):
     """Blueprints from an OpenAI-compatible vision chat model, under per-worker rate-limit shares."""
 
     def __init__(
@@ -63,36 +63,15 @@ class OpenAIDesigner(DesignerProvider):
     def __repr__(self) -> str:
         return f"OpenAIDesigner(model={self.model!r}, endpoint={self.endpoint!r}, workers={self.workers})"
 
-    @property
-    def endpoint(self) -> str:
-        """The server's host name: identifies the model deployment without ports, paths or credentials."""
-        return self._endpoint.host
-
-    @property
-    def workers(self) -> int:
-        return self._endpoint.workers
-
     def config(self) -> dict[str, Any]:
-        endpoint = self._endpoint
         return {
             "kind": "openai",
             "model": self.model,
             "endpoint": self.endpoint,
             "prompt": PROMPT_VERSION,
-            "temperature": endpoint.temperature,
-            "seed": endpoint.seed,
-            "max_tokens": endpoint.max_tokens,
+            **self.sampling(),
             "image_max_side": self.image_max_side,
         }
-
-    def preflight(self) -> None:
-        self._endpoint.preflight()
-
-    def setup(self) -> None:
-        self._endpoint.setup()
-
-    def teardown(self) -> None:
-        self._endpoint.teardown()
 
     def design(self, requests: Sequence[DesignRequest]) -> list[Design | DesignFailure]:
         return self._endpoint.fan_out(requests, self._design_row)

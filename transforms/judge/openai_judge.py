@@ -28,14 +28,14 @@ from transforms.judge.base import JudgeFailure, JudgeProvider, JudgeRequest, Jud
 from transforms.judge.parse import JudgeReplyError, parse_verdict
 from transforms.judge.rubric import DEFAULT_RUBRIC, Rubric
 from transforms.judge.scores import overall
-from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, RetryableReply
+from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, OnChatEndpoint, RetryableReply
 
 log = logging.getLogger(__name__)
 
 SCOPE_PREFIX = "judge|"
 
 
-class OpenAIJudge(JudgeProvider):
+class OpenAIJudge(OnChatEndpoint, JudgeProvider):
     """Verdicts from an OpenAI-compatible vision chat model, under the judge's own per-worker limits."""
 
     def __init__(
@@ -68,35 +68,15 @@ class OpenAIJudge(JudgeProvider):
     def __repr__(self) -> str:
         return f"OpenAIJudge(model={self.model!r}, endpoint={self.endpoint!r}, rubric={self.rubric.name!r})"
 
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint.host
-
-    @property
-    def workers(self) -> int:
-        return self._endpoint.workers
-
     def config(self) -> dict[str, Any]:
-        endpoint = self._endpoint
         return {
             "kind": "openai",
             "model": self.model,
             "endpoint": self.endpoint,
             "rubric": self.rubric.version,
-            "temperature": endpoint.temperature,
-            "seed": endpoint.seed,
-            "max_tokens": endpoint.max_tokens,
+            **self.sampling(),
             "image_max_side": self.image_max_side,
         }
-
-    def preflight(self) -> None:
-        self._endpoint.preflight()
-
-    def setup(self) -> None:
-        self._endpoint.setup()
-
-    def teardown(self) -> None:
-        self._endpoint.teardown()
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Verdict | JudgeFailure]:
         return self._endpoint.fan_out(requests, self._judge_row)
