@@ -2,9 +2,9 @@
 their before/after thumbnails, with ``locked_fraction`` and ``locked_max_abs_diff`` in the card text.
 
 The mask is re-read through Beam's filesystems (local or gs://) under the run's ``limits.max_image_bytes``
-and ``limits.max_pixels``, made upright (EXIF), taken as its alpha channel when it has transparency (opaque =
-may change) else its grey level, binarised at 128 and flipped when the run's ``mask.invert`` was set (the
-convention the run painted by). At thumbnail size the editable pixels next to a locked one (4-neighbours,
+and ``limits.max_pixels`` and decoded as the run decoded it (``transforms.images.decode_mask``: upright,
+alpha or grey level, binarised at 128, flipped when the run's ``mask.invert`` was set: the convention the
+run painted by). At thumbnail size the editable pixels next to a locked one (4-neighbours,
 the image border not counting) are the outline: a transparent PNG with those pixels coloured, laid over
 both thumbnails, so the page stays self-contained and its size bounded by the thumbnail's. A mask that
 cannot be read is said on the card; the page still renders.
@@ -22,8 +22,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.spec import LimitsSpec
+from transforms.images import MASK_THRESHOLD, ImageError, decode_mask
 
-MASK_THRESHOLD = 128  # at or above: may change (white / opaque), as the painter and diffusers read masks
 OUTLINE_RGBA = (255, 0, 200, 255)  # magenta: visible over photos and over white product backgrounds
 
 
@@ -52,10 +52,9 @@ def mask_invert(spec: dict[str, Any]) -> bool:
     return bool((spec.get("mask") or {}).get("invert", False))
 
 
-def read_mask(uri: str, *, max_bytes: int, max_pixels: int, invert: bool):
-    """The mask at ``uri`` as an upright boolean array, True = may change. ValueError saying why not."""
-    from PIL import Image, ImageOps
-
+def read_mask(uri: str, *, max_bytes: int, max_pixels: int, invert: bool) -> np.ndarray:
+    """The mask at ``uri`` as an upright boolean array, True = may change, read as the run read it
+    (``transforms.images.decode_mask``). ValueError saying why not."""
     try:
         with FileSystems.open(uri) as handle:
             data = handle.read(max_bytes + 1)
@@ -66,22 +65,10 @@ def read_mask(uri: str, *, max_bytes: int, max_pixels: int, invert: bool):
     if not data:
         raise ValueError("empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ValueError(f"declares {width}x{height} pixels, over limits.max_pixels={max_pixels}")
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            grey = image.convert("RGBA").getchannel("A")
-        else:
-            grey = image.convert("L")
-    except ValueError:
-        raise
-    except Exception as exc:  # PIL raises several types for broken files
-        raise ValueError(f"cannot decode: {type(exc).__name__}: {exc}") from exc
-    editable = np.asarray(grey) >= MASK_THRESHOLD
-    return ~editable if invert else editable
+        binary = decode_mask(data, max_pixels=max_pixels, invert=invert)
+    except ImageError as exc:
+        raise ValueError(f"cannot decode: {exc}") from exc
+    return np.asarray(binary) >= MASK_THRESHOLD
 
 
 def outline(editable: np.ndarray, thumb_px: int) -> np.ndarray:

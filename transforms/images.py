@@ -134,8 +134,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _decode_upright(data: bytes, max_pixels: int, what: str) -> Image.Image:
-    """Decode ``data`` fully, EXIF-upright, in its own mode; ImageError (naming ``what``) if unusable."""
+def _decode_upright(
+    data: bytes, max_pixels: int, what: str, pixel_limit: str = "limits.max_pixels"
+) -> Image.Image:
+    """Decode ``data`` fully, EXIF-upright, in its own mode; ImageError (naming ``what``) if unusable.
+    ``pixel_limit`` names where ``max_pixels`` comes from, for the refusal of an image over it."""
     if not data:
         raise ImageError(f"{what} is empty (0 bytes)")
     img = _open(data, what)
@@ -144,7 +147,7 @@ def _decode_upright(data: bytes, max_pixels: int, what: str) -> Image.Image:
         raise ImageError(f"{what} declares an empty canvas {width}x{height}")
     if width * height > max_pixels:
         raise ImageError(
-            f"{what} declares {width}x{height} = {width * height} pixels, over limits.max_pixels={max_pixels}"
+            f"{what} declares {width}x{height} = {width * height} pixels, over {pixel_limit}={max_pixels}"
         )
     fmt = img.format or "image"
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone relaxed PIL globally; we still refuse partial images
@@ -180,16 +183,20 @@ MASK_THRESHOLD = 128
 MASK_MODES = ("1", "L", "P", "RGB", "LA", "RGBA")
 
 
-def decode_mask(data: bytes, *, max_pixels: int, invert: bool = False) -> Image.Image:
+def decode_mask(
+    data: bytes, *, max_pixels: int, invert: bool = False, pixel_limit: str = "limits.max_pixels"
+) -> Image.Image:
     """Decode a region-lock mask into a binary ``L`` image, EXIF-upright: 255 = may change, 0 = locked.
 
-    Decoded like a source (same pixel limit, full decode, EXIF orientation: a mask is drawn on the image as
-    it is displayed). What is read as the mask's value: single-channel images (``1``, ``L``) their value,
-    ``LA``/``RGBA`` (and a ``P`` image with transparency) their alpha (opaque = may change), ``RGB`` (and an
-    opaque ``P``) their luminance. Values >= 128 may change; ``invert`` swaps the two. Other modes (16-bit,
-    CMYK, ...) raise ImageError rather than be guessed at.
+    The one reading of a mask: the fetch stage's check, the painter's native mask and the report's outline
+    all call it, so they see the same pixels. Decoded like a source (same pixel limit, full decode, EXIF
+    orientation: a mask is drawn on the image as it is displayed). What is read as the mask's value:
+    single-channel images (``1``, ``L``) their value, ``LA``/``RGBA`` (and a ``P`` image with transparency)
+    their alpha (opaque = may change), ``RGB`` (and an opaque ``P``) their luminance. Values >= 128 may
+    change; ``invert`` swaps the two. Other modes (16-bit, CMYK, ...) raise ImageError rather than be guessed
+    at. ``pixel_limit`` names where ``max_pixels`` comes from (said when a mask is over it).
     """
-    img = _decode_upright(data, max_pixels, "mask")
+    img = _decode_upright(data, max_pixels, "mask", pixel_limit)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode not in MASK_MODES:

@@ -10,7 +10,7 @@ whatever the overlap.
 
 Subclasses say what one batch costs (``call``, on a pool thread: reads and provider calls) and what it
 gives (``outputs``, on the bundle thread). Whatever ``call`` holds (source bytes, images) lives only while
-its batch is in flight: at most ``max_pending_batches`` batches.
+its batch is in flight: at most ``max_pending_batches`` batches. ``fixed_batches`` makes the batches.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
+
+
+def fixed_batches(size: int) -> beam.BatchElements:
+    """Batches of exactly ``size`` elements (the bundle's last one smaller) for an ``OverlappedBatches``.
+
+    Fixed, not adaptive: BatchElements' adaptive sizing tunes for compute time, but here the pace is set by
+    the provider's limiter, and small batches would starve it of rows in flight.
+    """
+    return beam.BatchElements(min_batch_size=size, max_batch_size=size)
 
 
 class OverlappedBatches(beam.DoFn):

@@ -1,4 +1,5 @@
-"""Fixtures for the designer tests: a fake OpenAI-compatible server, a known fake key, test images."""
+"""Fixtures for the designer tests: the fake OpenAI-compatible server and key (``tests.fakes.openai_fixtures``),
+a set-up OpenAI designer, test images."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_fixtures import (  # noqa: F401 - fixtures and names the designer tests use
+    FAKE_KEY,
+    KEY_ENV,
+    api_key,
+    fake_server,
+    set_up_providers,
+)
 from transforms.designer.openai_provider import OpenAIDesigner
-
-KEY_ENV = "DIMFLOW_TEST_DESIGNER_KEY"
-FAKE_KEY = "sk-dimflow-fake-7Hq2ZxW9pL4sT1vB"
 
 
 def png_bytes(width: int = 64, height: int = 48, noise: bool = False) -> bytes:
@@ -29,51 +33,6 @@ def png_bytes(width: int = 64, height: int = 48, noise: bool = False) -> bytes:
 
 
 @pytest.fixture
-def api_key(monkeypatch) -> str:
-    monkeypatch.setenv(KEY_ENV, FAKE_KEY)
-    return FAKE_KEY
-
-
-@pytest.fixture
-def fake_server() -> Iterator[Callable[..., FakeOpenAI]]:
-    """``fake_server(limit=..., window_s=..., ...)`` starts a server that is stopped after the test."""
-    started: list[FakeOpenAI] = []
-
-    def start(**options) -> FakeOpenAI:
-        server = FakeOpenAI(expected_key=FAKE_KEY, **options)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def designer(api_key) -> Iterator[Callable[..., OpenAIDesigner]]:
+def designer(api_key) -> Iterator[Callable[..., OpenAIDesigner]]:  # noqa: F811 - the imported fixture
     """``designer(server, **overrides)``: a set-up provider with fast test defaults."""
-    built: list[OpenAIDesigner] = []
-
-    def build(server: FakeOpenAI, **overrides) -> OpenAIDesigner:
-        settings = dict(
-            model="gpt-test",
-            base_url=server.base_url,
-            api_key_env=KEY_ENV,
-            requests_per_minute=60_000,
-            tokens_per_minute=100_000_000,
-            max_concurrency=8,
-            timeout_s=2.0,
-            max_attempts=3,
-            backoff_base_s=0.02,
-            backoff_max_s=0.1,
-        )
-        settings.update(overrides)
-        provider = OpenAIDesigner(**settings)
-        provider.setup()
-        built.append(provider)
-        return provider
-
-    yield build
-    for provider in built:
-        provider.teardown()
+    yield from set_up_providers(OpenAIDesigner, model="gpt-test")

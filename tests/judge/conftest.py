@@ -1,4 +1,5 @@
-"""Fixtures for the judge tests: the designer tests' fake server and key, plus a set-up OpenAI judge."""
+"""Fixtures for the judge tests: the fake OpenAI-compatible server and key (``tests.fakes.openai_fixtures``),
+a set-up OpenAI judge, test images and verdicts."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from PIL import Image
 
-from tests.designer.conftest import KEY_ENV, api_key, fake_server  # noqa: F401 - fixtures reused here
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_fixtures import api_key, fake_server, set_up_providers  # noqa: F401 - fixtures
 from transforms.judge.openai_judge import OpenAIJudge
 
 
@@ -34,27 +34,4 @@ def verdict_json(
 @pytest.fixture
 def judge(api_key) -> Iterator[Callable[..., OpenAIJudge]]:  # noqa: F811 - the imported fixture
     """``judge(server, **overrides)``: a set-up OpenAI judge with fast test defaults."""
-    built: list[OpenAIJudge] = []
-
-    def build(server: FakeOpenAI, **overrides) -> OpenAIJudge:
-        settings = dict(
-            model="judge-test",
-            base_url=server.base_url,
-            api_key_env=KEY_ENV,
-            requests_per_minute=60_000,
-            tokens_per_minute=100_000_000,
-            max_concurrency=8,
-            timeout_s=2.0,
-            max_attempts=3,
-            backoff_base_s=0.02,
-            backoff_max_s=0.1,
-        )
-        settings.update(overrides)
-        provider = OpenAIJudge(**settings)
-        provider.setup()
-        built.append(provider)
-        return provider
-
-    yield build
-    for provider in built:
-        provider.teardown()
+    yield from set_up_providers(OpenAIJudge, model="judge-test")

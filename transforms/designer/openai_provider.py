@@ -29,54 +29,31 @@ from transforms.designer.image import (
 )
 from transforms.designer.parse import ReplyError, parse_reply
 from transforms.designer.prompt import PROMPT_VERSION, build_prompt
-from transforms.designer.ratelimit import HEADROOM
-from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply
+from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, OnChatEndpoint
 
 log = logging.getLogger(__name__)
 
 
-class OpenAIDesigner(DesignerProvider):
+class OpenAIDesigner(OnChatEndpoint, DesignerProvider):
     """Blueprints from an OpenAI-compatible vision chat model, under per-worker rate-limit shares."""
 
     def __init__(
         self,
         *,
         model: str,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        requests_per_minute: float = 60.0,
-        tokens_per_minute: float = 150_000.0,
-        max_concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_attempts: int = 5,
-        temperature: float = 0.0,
-        seed: int | None = 0,
         max_tokens: int = 1024,
-        workers: int = 1,
         image_max_side: int = DEFAULT_MAX_SIDE,
         image_max_bytes: int = DEFAULT_MAX_BYTES,
-        backoff_base_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        headroom: float = HEADROOM,
+        **endpoint: Any,
     ):
+        """``endpoint``: the other settings of ``ChatEndpoint`` (base_url, api_key_env, limits, retries,
+        sampling, workers), with its defaults."""
         self._endpoint = ChatEndpoint(
             section="designer",
             setup_error=DesignerSetupError,
             model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            temperature=temperature,
-            seed=seed,
             max_tokens=max_tokens,
-            workers=workers,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            headroom=headroom,
+            **endpoint,
         )
         self.model = model
         self.image_max_side = int(image_max_side)
@@ -86,36 +63,15 @@ class OpenAIDesigner(DesignerProvider):
     def __repr__(self) -> str:
         return f"OpenAIDesigner(model={self.model!r}, endpoint={self.endpoint!r}, workers={self.workers})"
 
-    @property
-    def endpoint(self) -> str:
-        """The server's host name: identifies the model deployment without ports, paths or credentials."""
-        return self._endpoint.host
-
-    @property
-    def workers(self) -> int:
-        return self._endpoint.workers
-
     def config(self) -> dict[str, Any]:
-        endpoint = self._endpoint
         return {
             "kind": "openai",
             "model": self.model,
             "endpoint": self.endpoint,
             "prompt": PROMPT_VERSION,
-            "temperature": endpoint.temperature,
-            "seed": endpoint.seed,
-            "max_tokens": endpoint.max_tokens,
+            **self.sampling(),
             "image_max_side": self.image_max_side,
         }
-
-    def preflight(self) -> None:
-        self._endpoint.preflight()
-
-    def setup(self) -> None:
-        self._endpoint.setup()
-
-    def teardown(self) -> None:
-        self._endpoint.teardown()
 
     def design(self, requests: Sequence[DesignRequest]) -> list[Design | DesignFailure]:
         return self._endpoint.fan_out(requests, self._design_row)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import apache_beam as beam
 
 from transforms.designer.base import Design, DesignerProvider, DesignFailure, DesignRequest
-from transforms.overlap import OverlappedBatches
+from transforms.overlap import OverlappedBatches, fixed_batches
 from transforms.records import STAGE_DESIGN, EditRecord, Failure
 from transforms.reread import SourceLimits, reread_source
 from transforms.sources import SourceError, SourceReader
@@ -140,10 +140,7 @@ class DesignRecords(beam.PTransform):
     def expand(self, records):
         return (
             records
-            # Fixed-size batches: BatchElements' adaptive sizing tunes for compute time, but here the
-            # pace is set by the provider's limiter and small batches would starve it of rows in flight.
-            | "Batch"
-            >> beam.BatchElements(min_batch_size=self._max_batch_size, max_batch_size=self._max_batch_size)
+            | "Batch" >> fixed_batches(self._max_batch_size)
             | "Design"
             >> beam.ParDo(
                 _DesignBatches(

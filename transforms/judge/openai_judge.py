@@ -24,62 +24,40 @@ from transforms.designer.image import (
     image_tokens,
     prepare_jpeg,
 )
-from transforms.designer.ratelimit import HEADROOM
 from transforms.judge.base import JudgeFailure, JudgeProvider, JudgeRequest, JudgeSetupError, Verdict
 from transforms.judge.parse import JudgeReplyError, parse_verdict
 from transforms.judge.rubric import DEFAULT_RUBRIC, Rubric
 from transforms.judge.scores import overall
-from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, RetryableReply
+from transforms.vlm.openai_chat import ChatEndpoint, ChatFailure, FinalReply, OnChatEndpoint, RetryableReply
 
 log = logging.getLogger(__name__)
 
 SCOPE_PREFIX = "judge|"
 
 
-class OpenAIJudge(JudgeProvider):
+class OpenAIJudge(OnChatEndpoint, JudgeProvider):
     """Verdicts from an OpenAI-compatible vision chat model, under the judge's own per-worker limits."""
 
     def __init__(
         self,
         *,
         model: str,
-        base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        requests_per_minute: float = 60.0,
-        tokens_per_minute: float = 150_000.0,
-        max_concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_attempts: int = 5,
-        temperature: float = 0.0,
-        seed: int | None = 0,
         max_tokens: int = 512,
-        workers: int = 1,
         rubric: Rubric = DEFAULT_RUBRIC,
         image_max_side: int = DEFAULT_MAX_SIDE,
         image_max_bytes: int = DEFAULT_MAX_BYTES,
-        backoff_base_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        headroom: float = HEADROOM,
+        **endpoint: Any,
     ):
+        """``endpoint``: the other settings of ``ChatEndpoint`` (base_url, api_key_env, limits, retries,
+        sampling, workers), with its defaults; a verdict is short, so ``max_tokens`` is smaller than the
+        designer's."""
         self._endpoint = ChatEndpoint(
             section="judge",
             setup_error=JudgeSetupError,
             scope_prefix=SCOPE_PREFIX,
             model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            temperature=temperature,
-            seed=seed,
             max_tokens=max_tokens,
-            workers=workers,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            headroom=headroom,
+            **endpoint,
         )
         self.model = model
         self.rubric = rubric
@@ -90,35 +68,15 @@ class OpenAIJudge(JudgeProvider):
     def __repr__(self) -> str:
         return f"OpenAIJudge(model={self.model!r}, endpoint={self.endpoint!r}, rubric={self.rubric.name!r})"
 
-    @property
-    def endpoint(self) -> str:
-        return self._endpoint.host
-
-    @property
-    def workers(self) -> int:
-        return self._endpoint.workers
-
     def config(self) -> dict[str, Any]:
-        endpoint = self._endpoint
         return {
             "kind": "openai",
             "model": self.model,
             "endpoint": self.endpoint,
             "rubric": self.rubric.version,
-            "temperature": endpoint.temperature,
-            "seed": endpoint.seed,
-            "max_tokens": endpoint.max_tokens,
+            **self.sampling(),
             "image_max_side": self.image_max_side,
         }
-
-    def preflight(self) -> None:
-        self._endpoint.preflight()
-
-    def setup(self) -> None:
-        self._endpoint.setup()
-
-    def teardown(self) -> None:
-        self._endpoint.teardown()
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Verdict | JudgeFailure]:
         return self._endpoint.fan_out(requests, self._judge_row)

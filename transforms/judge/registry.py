@@ -12,23 +12,7 @@ from typing import Any
 
 from transforms.judge.base import JudgeProvider
 from transforms.judge.rubric import rubric_from_config
-
-# judge.<key> -> keyword of the provider class; absent or None keys keep the class default.
-_OPENAI_KEYS = (
-    "model",
-    "base_url",
-    "api_key_env",
-    "requests_per_minute",
-    "tokens_per_minute",
-    "max_concurrency",
-    "timeout_s",
-    "max_attempts",
-    "temperature",
-    "seed",
-    "max_tokens",
-    "workers",
-)
-_LOCAL_KEYS = ("model", "max_tokens", "max_concurrency", "temperature", "device", "dtype")
+from transforms.vlm.spec_keys import LOCAL_KEYS, OPENAI_KEYS, provider_kwargs
 
 
 def make_judge(config: dict[str, Any]) -> JudgeProvider | None:
@@ -52,15 +36,10 @@ def make_judge(config: dict[str, Any]) -> JudgeProvider | None:
         from transforms.judge.openai_judge import OpenAIJudge
 
         return OpenAIJudge(
-            rubric=rubric, **_pick(config, _OPENAI_KEYS, keep_none=("seed", "base_url", "model"))
+            rubric=rubric, **provider_kwargs(config, OPENAI_KEYS, keep_none=("seed", "base_url", "model"))
         )
     if kind == "local":
         from transforms.judge.local_judge import LocalJudge
 
-        return LocalJudge(rubric=rubric, **_pick(config, _LOCAL_KEYS))
+        return LocalJudge(rubric=rubric, **provider_kwargs(config, LOCAL_KEYS))
     raise ValueError(f"judge.kind={kind!r} is unknown; expected one of: openai, local, none")
-
-
-def _pick(config: dict[str, Any], keys: tuple[str, ...], keep_none: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The provider's keyword arguments: present keys, with None meaning "default" unless meaningful."""
-    return {k: config[k] for k in keys if k in config and (config[k] is not None or k in keep_none)}

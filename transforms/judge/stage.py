@@ -22,7 +22,7 @@ import apache_beam as beam
 
 from transforms.judge.base import JudgeFailure, JudgeProvider, JudgeRequest, Verdict
 from transforms.judge.scores import SCORE_MAX
-from transforms.overlap import OverlappedBatches
+from transforms.overlap import OverlappedBatches, fixed_batches
 from transforms.quality import with_verdict
 from transforms.records import MAX_ERROR_CHARS, STAGE_JUDGE, EditRecord, error_text
 from transforms.reread import SourceLimits, reread_source
@@ -178,9 +178,7 @@ class JudgeRecords(beam.PTransform):
     def expand(self, records):
         return (
             records
-            # Fixed-size batches, as for the designer: the provider's limiter sets the pace.
-            | "Batch"
-            >> beam.BatchElements(min_batch_size=self._max_batch_size, max_batch_size=self._max_batch_size)
+            | "Batch" >> fixed_batches(self._max_batch_size)
             | "Judge"
             >> beam.ParDo(
                 _JudgeBatches(

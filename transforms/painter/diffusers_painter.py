@@ -28,7 +28,6 @@ through its text-to-image pipeline, with DIM's contracts.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
+from transforms.images import MASK_THRESHOLD as MASK_THRESHOLD  # the painters' threshold is the masks'
+from transforms.images import ImageError, decode_mask
 from transforms.painter.base import (
     DEFAULT_VAE_TILE_PIXELS,
     NOISE_DEVICES,
@@ -345,31 +346,20 @@ def source_image(request: PaintRequest) -> Image.Image:
         ) from exc
 
 
-# The mask's binarisation threshold (0-255): at or above it a pixel may change. diffusers' mask processor
-# binarises at 0.5 of the same scale, so the mask given is what it paints by.
-MASK_THRESHOLD = 128
-
-
 def mask_image(request: PaintRequest, size: tuple[int, int]) -> Image.Image:
-    """The row's mask as the inpainting pipelines take it: upright (EXIF applied), one channel, 255 = may
-    change (repainted), 0 = kept; the alpha channel of a mask with transparency (opaque = may change), else
-    its grey level; binarised at ``MASK_THRESHOLD``. It must have the source's upright ``size``."""
+    """The row's mask as the inpainting pipelines take it: one channel, 255 = may change (repainted), 0 =
+    kept, read as the fetch stage reads masks (``transforms.images.decode_mask``: upright, alpha or grey
+    level, binarised at ``MASK_THRESHOLD``; diffusers' mask processor binarises at 0.5 of the same scale, so
+    the mask given is what it paints by). It must have the source's upright ``size``, so it is refused
+    above the source's pixel count before its pixels are decoded."""
     assert request.mask is not None
     try:
-        image = Image.open(io.BytesIO(request.mask))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            grey = image.convert("RGBA").getchannel("A")
-        else:
-            grey = image.convert("L")
-    except Exception as exc:  # PIL raises several types for broken files
+        mask = decode_mask(request.mask, max_pixels=size[0] * size[1], pixel_limit="the source's pixel count")
+    except ImageError as exc:
+        raise ValueError(f"row {request.key!r}: field mask: cannot decode the mask image: {exc}") from exc
+    if mask.size != size:
         raise ValueError(
-            f"row {request.key!r}: field mask: cannot decode the mask image: {type(exc).__name__}: {exc}"
-        ) from exc
-    if grey.size != size:
-        raise ValueError(
-            f"row {request.key!r}: field mask: the mask is {grey.size[0]}x{grey.size[1]} but the source is "
+            f"row {request.key!r}: field mask: the mask is {mask.size[0]}x{mask.size[1]} but the source is "
             f"{size[0]}x{size[1]} (after EXIF orientation)"
         )
-    return grey.point(lambda value: 255 if value >= MASK_THRESHOLD else 0)
+    return mask

@@ -390,3 +390,33 @@ def _total_tokens(completion: Any) -> int | None:
 
 def _since(started: float | None) -> float:
     return 0.0 if started is None else time.monotonic() - started
+
+
+class OnChatEndpoint:
+    """What an ``openai`` provider (designer, judge) takes from its ``ChatEndpoint`` (``self._endpoint``):
+    the host it names, its workers, the lifecycle hooks and the sampling settings its ``config`` names."""
+
+    _endpoint: ChatEndpoint
+
+    @property
+    def endpoint(self) -> str:
+        """The server's host name: identifies the model deployment without ports, paths or credentials."""
+        return self._endpoint.host
+
+    @property
+    def workers(self) -> int:
+        return self._endpoint.workers
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings that change what the model answers (for the provider's ``config``)."""
+        endpoint = self._endpoint
+        return {"temperature": endpoint.temperature, "seed": endpoint.seed, "max_tokens": endpoint.max_tokens}
+
+    def preflight(self) -> None:
+        self._endpoint.preflight()
+
+    def setup(self) -> None:
+        self._endpoint.setup()
+
+    def teardown(self) -> None:
+        self._endpoint.teardown()
