@@ -26,7 +26,7 @@ from pipeline.execute import (  # noqa: F401 - tiny_warning, TINY_MODELS: part o
     tiny_warning,
 )
 from pipeline.terminal import text
-from transforms.schema import STATUSES
+from transforms.records import STATUSES
 
 
 def _split_beam_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -379,8 +379,13 @@ def _cmd_status(args: argparse.Namespace, console: Console) -> int:
     console.print(
         text(
             f"{args.output}: {latest.num_rows} ids; latest state: {counts['ok']} ok, {counts['skipped']} "
-            f"skipped (already rendered), {counts['rejected']} rejected (below quality.min_overall: review "
-            f"their images), {counts['failed']} failed; {current} have a current image"
+            f"skipped (already rendered), "
+            + (  # only where there are some: outputs of jobs without a judge never have any
+                f"{counts['rejected']} rejected (below quality.min_overall: review their images), "
+                if counts["rejected"]
+                else ""
+            )
+            + f"{counts['failed']} failed; {current} have a current image"
         )
     )
     shown = latest if not args.status else latest.filter(pc.equal(latest.column("status"), args.status))

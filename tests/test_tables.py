@@ -413,7 +413,10 @@ def test_damaged_provenance_files_are_named_and_skipped(tmp_path, capsys, caplog
     captured = capsys.readouterr()
     data = json.loads(captured.out)
     assert sorted(s["path"] for s in data["skipped_files"]) == sorted(damaged)
-    assert data["by_status"] == {"ok": 0, "failed": 7, "skipped": 6} and data["run_id"] == third.run_id
+    assert (
+        data["by_status"] == {"ok": 0, "failed": 7, "skipped": 6, "rejected": 0}
+        and data["run_id"] == third.run_id
+    )
     for path in damaged:
         assert path in captured.err
 

@@ -18,6 +18,11 @@ from transforms.judge.base import JudgedAttempt
 # Longer error texts are cut (with a note): a row's error is for people and dashboards, not a log dump.
 MAX_ERROR_CHARS = 2000
 
+# Provenance ``status`` values. rejected: painted (image kept, output_uri set) but below quality.min_overall after
+# quality.max_paints paints. Here, not in schema.py, so the command line can name them without importing pyarrow
+# before it takes over Ctrl-C (pipeline/interrupt.py).
+STATUSES = ("ok", "failed", "skipped", "rejected")
+
 # Stage names, as written to provenance ``error_stage``.
 STAGE_READ = "read"
 STAGE_VALIDATE = "validate"

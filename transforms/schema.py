@@ -83,8 +83,7 @@ PROVENANCE_SCHEMA = pa.schema(
     ]
 )
 
-# rejected: painted (image kept, output_uri set) but below quality.min_overall after quality.max_paints paints
-STATUSES = ("ok", "failed", "skipped", "rejected")
+from transforms.records import STATUSES  # noqa: E402, F401 - the provenance statuses, kept importable here
 
 # The design half of a run: one row per manifest row (ok with a blueprint, or failed before/at design),
 # under ``{output}/blueprints/run={run_id}/``. Written by ``stage: design`` and ``stage: all``; read by
