@@ -440,6 +440,7 @@ def build(
     chunk: Chunk | None = None,
     part: str | None = None,
     history: HistoryIndex | None = None,
+    make_judge: Callable[[], JudgeProvider] | None = None,
 ) -> None:
     """Add the job's transforms to ``pipeline`` (which the caller runs).
 
@@ -455,6 +456,8 @@ def build(
     ``part_name(shard)``).
     ``history`` (embedded runners) answers the earlier-runs lookups from a local index instead of
     joining ``blueprint_files`` / ``provenance_files`` in the pipeline.
+    ``make_judge`` (``judge_factory``, built once per run by the preflight: the rubric file read once) builds
+    the judge on workers; None: no judge stage.
     """
     limits = spec.limits
     context = RunContext(
@@ -518,7 +521,6 @@ def build(
     painted = _paint(designed, spec, run_id)
     written_parts = [written for written, _failed in painted.values()]
     paint_failed_parts = [failed for _written, failed in painted.values()]
-    make_judge = judge_factory(spec)
     if make_judge is not None:
         written_parts = _best_of_n(written_parts, spec, keys, make_judge, run_id)
 

@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import uuid
+from collections.abc import Callable
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -116,18 +117,20 @@ def check_designer(spec: JobSpec) -> None:
         raise PreflightError(str(exc)) from exc
 
 
-def check_judge(spec: JobSpec) -> JudgeProvider | None:
-    """The judge can start (its key is set, its model can be found): the provider, built once on the driver
-    (its ``config()`` enters the quality keys), or None without a judge. A design run judges nothing."""
+def check_judge(spec: JobSpec) -> tuple[Callable[[], JudgeProvider] | None, JudgeProvider | None]:
+    """The judge can start (its rubric file reads, its key is set, its model can be found): the factory that
+    builds it (the rubric read here, once per run: every pipeline of the run judges with it) and the provider
+    it built on the driver (its ``config()`` enters the quality keys); (None, None) without a judge. A design
+    run judges nothing."""
     try:
         make_judge = edit.judge_factory(spec) if spec.stage != "design" else None
         if make_judge is None:
-            return None
+            return None, None
         judge = make_judge()
         judge.preflight()
     except (JudgeSetupError, RubricError) as exc:
         raise PreflightError(str(exc)) from exc
-    return judge
+    return make_judge, judge
 
 
 CHECKPOINT_FIELDS = {"edit": "painter.checkpoint", "t2i": "painter.t2i_checkpoint"}

@@ -287,7 +287,7 @@ def run_job(
     t0 = time.monotonic()
     preflight.check_output(spec, run_id)
     preflight.check_designer(spec)
-    judge = preflight.check_judge(spec)
+    make_judge, judge = preflight.check_judge(spec)
     keys = job_keys(spec, judge)
     options = pipeline_options(spec, painter_thread_args(spec, beam_args, console) + beam_args)
     local = spec.runner.name in LOCAL_RUNNERS and show_progress
@@ -325,6 +325,7 @@ def run_job(
             provenance_files=earlier_provenance,
             attempt=attempt,
             history=history,
+            make_judge=make_judge,
         )
         progress = beam.ParDo(ReportProgress(listener.address)) if local else None
         if chunked(spec):

@@ -311,3 +311,25 @@ def test_without_a_judge_an_image_whose_newest_row_is_rejected_is_painted_again(
     assert (rows["tie"]["status"], rows["tie"]["render_key"]) == ("ok", before["tie"]["render_key"])
     assert rows["pass"]["status"] == "skipped" and rows["pass"]["output_uri"] == before["pass"]["output_uri"]
     assert all(row["judge"] is None and row["quality_key"] is None for row in rows.values())
+
+
+def test_a_chunked_run_builds_its_judge_factory_once(tmp_path, monkeypatch):
+    """The judge factory (which reads the rubric file) is built once per run, by the preflight, and every
+    chunk's pipeline judges with it: the rubric is read once, and no chunk can judge with a file changed
+    since the quality keys were made."""
+    from pipeline import edit
+
+    qs.install(monkeypatch, {})
+    installed, built = edit.judge_factory, []
+
+    def counting(spec):
+        built.append(spec.name)
+        return installed(spec)
+
+    monkeypatch.setattr(edit, "judge_factory", counting)
+    job = qs.write_job(tmp_path, {name: f"{name}.png" for name in "abcde"}, runner={"chunk_rows": 2})
+    assert cli.main(["run", str(job), "--no-progress"]) == cli.EXIT_OK
+    rows = read_provenance(str(tmp_path / "out")).to_pylist()
+    assert sorted(row["id"] for row in rows) == list("abcde")  # three chunks, every row judged
+    assert all(row["status"] == "ok" and row["judge"] == "scripted:v1" for row in rows)
+    assert built == ["quality"]
