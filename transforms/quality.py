@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import apache_beam as beam
 
 from transforms.judge.base import JudgedAttempt, JudgeFailure, Verdict
-from transforms.records import MAX_ERROR_CHARS, STAGE_JUDGE, EditRecord, Failure, Judging, KeptPaint
+from transforms.records import STAGE_JUDGE, EditRecord, Failure, Judging, KeptPaint, bounded_error
 
 REPAINT = "repaint"
 
@@ -36,14 +36,6 @@ def _add(total: int | None, more: int | None) -> int | None:
     if more is None:
         return total
     return more if total is None else total + more
-
-
-def _bounded(text: str) -> str:
-    """A provider's error text as a row stores it (at most ``MAX_ERROR_CHARS``, as every stage's errors)."""
-    text = str(text)
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[:MAX_ERROR_CHARS] + f"... [{len(text) - MAX_ERROR_CHARS} more characters]"
-    return text
 
 
 def with_verdict(record: EditRecord, result: Verdict | JudgeFailure, judge: str) -> EditRecord:
@@ -60,7 +52,7 @@ def with_verdict(record: EditRecord, result: Verdict | JudgeFailure, judge: str)
         output_sha256=record.output_sha256,
         scores=dict(verdict.scores) if verdict else {},
         overall=verdict.overall if verdict else None,
-        judge_error=None if verdict else _bounded(result.error),
+        judge_error=None if verdict else bounded_error(str(result.error)),
     )
     changes: dict = {
         "judge": judge,

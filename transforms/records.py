@@ -179,7 +179,11 @@ def error_text(error: BaseException | tuple) -> str:
             if head.strip().rsplit(".", 1)[-1] == name:
                 message = rest.strip() if sep else ""
                 break
-    text = f"{name}: {message}" if message else name
+    return bounded_error(f"{name}: {message}" if message else name)
+
+
+def bounded_error(text: str) -> str:
+    """An error text as a row stores it: at most ``MAX_ERROR_CHARS``, with a note of what was cut."""
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + f"... [{len(text) - MAX_ERROR_CHARS} more characters]"
     return text
